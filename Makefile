@@ -1,0 +1,57 @@
+# Everything a fresh Debian/Ubuntu machine needs, from two commands: `make run` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+CONFIG ?= config/edgeguard.yaml
+# The model `make run` provisions and uses (see `edgeguard models list`).
+MODEL ?= mask_rcnn_inception_v2_coco
+# Models, media and the Mask R-CNN text graph the tests read (never copied into the repo).
+export EDGEGUARD_SHARED ?= $(abspath ../shared)
+APT_PACKAGES := python3-venv ffmpeg libsystemd-dev pkg-config gcc python3-dev pocl-opencl-icd ocl-icd-libopencl1 systemd
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+
+.PHONY: deps setup run test lint typecheck unit bench clean install
+
+# System packages, installed only when one is missing.
+deps:
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing system packages:" $$missing; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
+	fi
+
+$(VENV)/.installed: pyproject.toml
+	$(MAKE) deps
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev,systemd]'
+	touch $@
+
+setup: $(VENV)/.installed
+
+run: setup
+	$(BIN)/edgeguard -c $(CONFIG) check-config
+	$(BIN)/edgeguard models fetch -c $(CONFIG) --set detector.model=$(MODEL)
+	mkdir -p nextbatchRun output
+	@shopt -s nullglob; files=(nextbatchRun/*); \
+	if [ $${#files[@]} -eq 0 ]; then echo "nextbatchRun/ is empty: nothing to protect"; \
+	else $(BIN)/edgeguard protect -c $(CONFIG) --set detector.model=$(MODEL) --out-dir output "$${files[@]}"; fi
+
+lint: setup
+	$(BIN)/ruff check edgeguard tests bench
+	$(BIN)/ruff format --check edgeguard tests bench
+
+typecheck: setup
+	$(BIN)/mypy
+
+unit: setup
+	$(BIN)/pytest -q
+
+test: lint typecheck unit
+
+bench: setup
+	$(BIN)/python -m bench.run
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

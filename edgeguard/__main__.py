@@ -1,0 +1,3 @@
+from edgeguard.cli import run
+
+run()

@@ -1,0 +1,195 @@
+"""The `edgeguard` command line: argument parsing and exit codes, nothing else."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from edgeguard import __version__
+from edgeguard.config import Config, load_config
+from edgeguard.errors import ConfigError, EdgeguardError, ExitCode, UsageError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CONFIG_ENV = "EDGEGUARD_CONFIG"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:  # argparse exits 2 by itself; keep one exit path
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def _config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-c", "--config", type=Path, help=f"YAML config (default: ${DEFAULT_CONFIG_ENV} or built-in defaults)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one dotted key with a YAML value, e.g. protect.style=fill")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="edgeguard", description="Hide people (or any COCO class) in videos and images.")
+    p.add_argument("--version", action="version", version=f"edgeguard {__version__}")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    pr = sub.add_parser("protect", help="protect videos/images once")
+    pr.add_argument("inputs", nargs="+", type=Path, metavar="INPUT")
+    out = pr.add_mutually_exclusive_group()
+    out.add_argument("-o", "--output", type=Path, help="output file (one input only)")
+    out.add_argument("--out-dir", type=Path, help="folder for outputs (default: beside each input, NAME.protected.EXT)")
+    pr.add_argument("--json", action="store_true", help="print one JSON summary per file on stdout")
+    _config_args(pr)
+
+    cc = sub.add_parser("check-config", help="validate a config file")
+    _config_args(cc)
+
+    dr = sub.add_parser("doctor", help="check that this machine can run the configured setup")
+    _config_args(dr)
+
+    mo = sub.add_parser("models", help="list or provision models")
+    msub = mo.add_subparsers(dest="models_command", required=True, parser_class=_Parser)
+    ml = msub.add_parser("list", help="known models and whether their files are here")
+    _config_args(ml)
+    mf = msub.add_parser("fetch", help="download (or copy --from DIR) and verify model files")
+    mf.add_argument("names", nargs="*", metavar="NAME", help="models to fetch (default: the configured one)")
+    mf.add_argument("--from", dest="source", type=Path, help="offline source folder (default: $EDGEGUARD_MODEL_SOURCE)")
+    _config_args(mf)
+    return p
+
+
+def _load(args: argparse.Namespace) -> Config:
+    path = args.config
+    if path is None and os.environ.get(DEFAULT_CONFIG_ENV):
+        path = Path(os.environ[DEFAULT_CONFIG_ENV])
+    return load_config(path, args.overrides)
+
+
+def _setup_logging(verbose: bool, level: str = "info") -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else getattr(logging, level.upper()),
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+        force=True,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        _setup_logging(args.verbose)
+        handler = _COMMANDS[args.command]
+        return int(handler(args))
+    except ConfigError as exc:
+        for line in exc.problems:
+            print(f"edgeguard: {line}", file=sys.stderr)
+        return int(exc.exit_code)
+    except EdgeguardError as exc:
+        print(f"edgeguard: {exc}", file=sys.stderr)
+        return int(exc.exit_code)
+    except KeyboardInterrupt:
+        print("edgeguard: interrupted", file=sys.stderr)
+        return 130
+
+
+# ------------------------------------------------------------------ commands
+
+
+def _cmd_check_config(args: argparse.Namespace) -> int:
+    _load(args)
+    print(f"{args.config or '<defaults>'}: ok")
+    return ExitCode.OK
+
+
+def _outputs(args: argparse.Namespace) -> list[tuple[Path, Path]]:
+    from edgeguard.engine import default_output
+
+    if args.output is not None and len(args.inputs) != 1:
+        raise UsageError("edgeguard protect: -o/--output takes exactly one INPUT (use --out-dir for several)")
+    pairs = []
+    for src in args.inputs:
+        if args.output is not None:
+            dst = args.output
+        elif args.out_dir is not None:
+            dst = default_output(src, args.out_dir)
+        else:
+            d = default_output(src, src.parent)
+            dst = d.with_name(f"{d.stem}.protected{d.suffix}")
+        if dst.resolve() == src.resolve():
+            raise UsageError(f"edgeguard protect: output {dst} would overwrite its input")
+        pairs.append((src, dst))
+    if args.out_dir is not None:
+        args.out_dir.mkdir(parents=True, exist_ok=True)
+    return pairs
+
+
+def _cmd_protect(args: argparse.Namespace) -> int:
+    from edgeguard.engine import Engine
+    from edgeguard.progress import ProgressBar
+
+    cfg = _load(args)
+    _setup_logging(args.verbose, cfg.logging.level)
+    pairs = _outputs(args)
+    engine = Engine(cfg)
+    failed = 0
+    for src, dst in pairs:
+        try:
+            with ProgressBar(src.name) as bar:
+                result = engine.protect_file(src, dst, progress=bar.update)
+        except EdgeguardError as exc:
+            failed += 1
+            print(f"edgeguard: failed: {exc}", file=sys.stderr)
+            continue
+        if args.json:
+            print(json.dumps(result.as_dict()), flush=True)
+        else:
+            log.info("%s -> %s: %d frames, %d detections, %.1f fps",
+                     src, dst, result.frames, result.detections, result.fps)
+    return ExitCode.FAILED if failed else ExitCode.OK
+
+
+def _cmd_doctor(args: argparse.Namespace) -> int:
+    from edgeguard.doctor import run_doctor
+
+    return run_doctor(_load(args))
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from edgeguard import models
+    from edgeguard.detectors import manifest_dirs
+
+    cfg = _load(args)
+    dirs = manifest_dirs(cfg)
+    if args.models_command == "list":
+        for name, m in sorted(models.load_manifests(dirs).items()):
+            try:
+                models.resolve(m, cfg.models_dir())
+                state = "ready"
+            except EdgeguardError as exc:
+                state = f"not ready ({type(exc).__name__})"
+            mark = "*" if name == cfg.detector.model else " "
+            print(f"{mark} {name:32} {m.backend:9} {state:12} {m.description}")
+        return ExitCode.OK
+    source = args.source or (Path(os.environ["EDGEGUARD_MODEL_SOURCE"]) if os.environ.get("EDGEGUARD_MODEL_SOURCE") else None)
+    for name in args.names or [cfg.detector.model]:
+        paths = models.fetch(models.find_manifest(name, dirs), cfg.models_dir(), source=source)
+        for path in paths:
+            print(f"{name}: {path}")
+    return ExitCode.OK
+
+
+_COMMANDS = {
+    "protect": _cmd_protect,
+    "check-config": _cmd_check_config,
+    "doctor": _cmd_doctor,
+    "models": _cmd_models,
+}
+
+
+def run() -> None:
+    """Console-script entry point."""
+    sys.exit(main())

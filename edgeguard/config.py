@@ -1,0 +1,226 @@
+"""The configuration tree: one YAML file, validated once at the edge.
+
+Every key is declared here with its default; unknown keys are errors. Problems
+are reported one per line as ``FILE:LINE: key.path: message`` so an operator
+can go straight to the line.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from edgeguard.errors import ConfigError
+
+Target = Literal["cpu", "opencl", "opencl_fp16", "cuda", "cuda_fp16"]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DetectorFiles(Section):
+    """Explicit model files (a custom-trained export); no checksum is required."""
+
+    weights: Path | None = None
+    graph: Path | None = None
+    labels: Path | None = None
+
+
+class DetectorConfig(Section):
+    model: str = "mask_rcnn_inception_v2_coco"
+    target: Target = "cpu"
+    on_unavailable: Literal["fail", "cpu"] = "fail"
+    confidence: Annotated[float, Field(ge=0, le=1)] = 0.45
+    mask_threshold: Annotated[float, Field(ge=0, le=1)] = 0.35
+    nms: Annotated[float, Field(ge=0, le=1)] = 0.45
+    classes: list[str] = Field(default_factory=lambda: ["person"], min_length=1)
+    # Longest side the frame is scaled to before inference; 0 keeps the model's own choice.
+    input_size: Annotated[int, Field(ge=0, le=4096)] = 0
+    # yolox only: person silhouettes from selfie segmentation on each person crop.
+    silhouettes: bool = False
+    # Second-stage detections the Mask R-CNN keeps (OpenCV pads to this many); fewer = faster masks.
+    max_detections: Annotated[int, Field(ge=1, le=100)] = 100
+    threads: Annotated[int, Field(ge=0, le=256)] = 0
+    files: DetectorFiles = DetectorFiles()
+
+    @field_validator("classes")
+    @classmethod
+    def _unique(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError("classes must not repeat")
+        return v
+
+
+class ProtectConfig(Section):
+    style: Literal["blur", "pixelate", "fill"] = "blur"
+    shape: Literal["mask", "box"] = "mask"
+    blur_kernel: Annotated[int, Field(ge=3, le=501)] = 51
+    pixelate_block: Annotated[int, Field(ge=2, le=512)] = 16
+    color: tuple[
+        Annotated[int, Field(ge=0, le=255)],
+        Annotated[int, Field(ge=0, le=255)],
+        Annotated[int, Field(ge=0, le=255)],
+    ] = (0, 0, 0)
+    dilate: Annotated[int, Field(ge=0, le=256)] = 8
+
+    @field_validator("blur_kernel")
+    @classmethod
+    def _odd(cls, v: int) -> int:
+        if v % 2 == 0:
+            raise ValueError("must be odd")
+        return v
+
+
+class VideoConfig(Section):
+    crf: Annotated[int, Field(ge=0, le=51)] = 23
+    preset: Literal[
+        "ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow"
+    ] = "veryfast"
+    audio: Literal["keep", "strip"] = "keep"
+    keep_metadata: bool = False
+
+
+class MediaConfig(Section):
+    # Refuse frames larger than this before decoding them (decompression bombs).
+    max_pixels: Annotated[int, Field(ge=1)] = 8192 * 8192
+    image_quality: Annotated[int, Field(ge=1, le=100)] = 95
+
+
+class ModelsConfig(Section):
+    dir: Path = Path("models")
+    # Extra folders searched for manifests before the built-in ones.
+    manifests: list[Path] = Field(default_factory=list)
+
+
+class LoggingConfig(Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class Config(Section):
+    detector: DetectorConfig = DetectorConfig()
+    protect: ProtectConfig = ProtectConfig()
+    video: VideoConfig = VideoConfig()
+    media: MediaConfig = MediaConfig()
+    models: ModelsConfig = ModelsConfig()
+    logging: LoggingConfig = LoggingConfig()
+
+    @model_validator(mode="after")
+    def _env_models_dir(self) -> Config:
+        return self
+
+    def models_dir(self) -> Path:
+        env = os.environ.get("EDGEGUARD_MODELS_DIR")
+        return Path(env) if env else self.models.dir
+
+
+# ---------------------------------------------------------------- loading
+
+
+def _line_index(text: str) -> dict[tuple[str | int, ...], int]:
+    """Map every key path in a YAML document to its 1-based line."""
+    lines: dict[tuple[str | int, ...], int] = {}
+
+    def walk(node: yaml.Node, path: tuple[str | int, ...]) -> None:
+        lines.setdefault(path, node.start_mark.line + 1)
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                sub = (*path, str(key.value))
+                lines[sub] = key.start_mark.line + 1
+                walk(value, sub)
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                walk(item, (*path, i))
+
+    root = yaml.compose(text, Loader=yaml.SafeLoader)
+    if root is not None:
+        walk(root, ())
+    return lines
+
+
+def _merge(base: dict[str, Any], path: Sequence[str], value: Any) -> None:
+    node = base
+    for key in path[:-1]:
+        child = node.get(key)
+        if not isinstance(child, dict):
+            child = {}
+            node[key] = child
+        node = child
+    node[path[-1]] = value
+
+
+def parse_set(items: Sequence[str]) -> list[tuple[str, Any]]:
+    """Parse ``--set key.path=YAML`` items."""
+    out: list[tuple[str, Any]] = []
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip() or any(not p for p in key.strip().split(".")):
+            raise ConfigError([f"--set {item}: expected KEY=VALUE with a dotted key"])
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as exc:
+            raise ConfigError([f"--set {key}: value is not valid YAML: {exc}"]) from exc
+        out.append((key.strip(), value))
+    return out
+
+
+def _describe(loc: Sequence[str | int], msg: str) -> str:
+    path = ".".join(str(p) for p in loc)
+    msg = msg.removeprefix("Value error, ")
+    if msg == "Extra inputs are not permitted":
+        msg = "unknown key"
+    return f"{path}: {msg}"
+
+
+def load_config(path: Path | None = None, overrides: Sequence[str] = ()) -> Config:
+    """Read, merge and validate; raise ConfigError with one line per problem."""
+    data: dict[str, Any] = {}
+    lines: dict[tuple[str | int, ...], int] = {}
+    name = "<defaults>"
+    if path is not None:
+        name = str(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError([f"{path}: cannot read: {exc.strerror or exc}"]) from exc
+        try:
+            loaded = yaml.safe_load(text)
+            lines = _line_index(text)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+            problem = getattr(exc, "problem", None) or str(exc)
+            raise ConfigError([f"{where}: invalid YAML: {problem}"]) from exc
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError([f"{path}:1: the top level must be a mapping of sections"])
+        data = loaded
+    set_keys: dict[tuple[str, ...], str] = {}
+    for key, value in parse_set(overrides):
+        parts = tuple(key.split("."))
+        _merge(data, parts, value)
+        set_keys[parts] = key
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            loc = tuple(err["loc"])
+            text_ = _describe(loc, err["msg"])
+            origin = next((k for k in set_keys if loc[: len(k)] == k), None)
+            if origin is not None:
+                problems.append(f"--set {text_}")
+                continue
+            line = next((lines[loc[:n]] for n in range(len(loc), 0, -1) if loc[:n] in lines), None)
+            problems.append(f"{name}:{line}: {text_}" if line else f"{name}: {text_}")
+        raise ConfigError(problems) from exc
+
+
+def dump_defaults() -> Mapping[str, Any]:
+    return Config().model_dump(mode="json")

@@ -1,0 +1,102 @@
+"""The detector interface every backend plugin implements."""
+
+from __future__ import annotations
+
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from pathlib import Path
+from typing import ClassVar
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+
+from edgeguard import dnn_target
+from edgeguard.config import DetectorConfig
+from edgeguard.detections import Detections, clip_boxes
+from edgeguard.errors import ConfigError, SetupError
+
+log = logging.getLogger(__name__)
+
+Image = npt.NDArray[np.uint8]
+
+# Darknet-style label files spell some COCO classes differently; configs use COCO's names.
+COCO_ALIASES = {
+    "motorbike": "motorcycle",
+    "aeroplane": "airplane",
+    "sofa": "couch",
+    "pottedplant": "potted plant",
+    "diningtable": "dining table",
+    "tvmonitor": "tv",
+}
+FACE = "face"
+
+
+def read_labels(path: Path) -> list[str]:
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise SetupError(f"cannot read labels {path}: {exc.strerror or exc}") from exc
+    return [COCO_ALIASES.get(s.strip(), s.strip()) for s in lines if s.strip()]
+
+
+class Detector(ABC):
+    """Finds instances of the configured classes in a BGR frame."""
+
+    type_key: ClassVar[str]
+    #: the model gives per-instance masks (else protection falls back to boxes)
+    has_masks: bool = False
+
+    def __init__(self, cfg: DetectorConfig, files: Mapping[str, Path], target: str, name: str) -> None:
+        self.cfg = cfg
+        self.target = target
+        self.model_name = name
+        self.labels = read_labels(files["labels"])
+        self.faces: FaceDetector | None = None
+        wanted = set(cfg.classes)
+        if FACE in wanted:
+            if "faces" not in files:
+                raise ConfigError([f"detector.classes: {FACE!r} needs a face model, which {name} does not provide"])
+            self.faces = FaceDetector(files["faces"], cfg.confidence, target)
+            wanted.discard(FACE)
+        unknown = sorted(wanted - set(self.labels))
+        if unknown:
+            raise ConfigError([f"detector.classes: {', '.join(map(repr, unknown))} not a class of {name}"])
+        self.class_ids = np.array([i for i, c in enumerate(self.labels) if c in wanted], np.int64)
+
+    @abstractmethod
+    def _detect(self, image: Image) -> Detections:
+        """Instances of the wanted model classes (faces are added by `detect`)."""
+
+    def detect(self, image: Image) -> Detections:
+        found = self._detect(image) if len(self.class_ids) else Detections.empty(_size(image))
+        if self.faces is not None:
+            found = found.merged(self.faces.detect(image))
+        return found
+
+
+def _size(image: Image) -> tuple[int, int]:
+    return int(image.shape[1]), int(image.shape[0])
+
+
+class FaceDetector:
+    """YuNet faces as the extra class ``face`` (boxes grown to cover hair and chin)."""
+
+    def __init__(self, path: Path, confidence: float, target: str) -> None:
+        backend, tgt = dnn_target.TARGETS[target]
+        self._yunet = cv2.FaceDetectorYN.create(str(path), "", (320, 320), confidence, 0.3, 5000, backend, tgt)
+        self._size = (320, 320)
+
+    def detect(self, image: Image) -> Detections:
+        h, w = image.shape[:2]
+        if self._size != (w, h):
+            self._yunet.setInputSize((w, h))
+            self._size = (w, h)
+        _, faces = self._yunet.detect(np.ascontiguousarray(image[:, :, :3]))
+        if faces is None or len(faces) == 0:
+            return Detections.empty((w, h))
+        x, y, fw, fh = (faces[:, i] for i in range(4))
+        # YuNet boxes are tight on the face; grow by a quarter so ears, hair and chin are hidden too.
+        xyxy = np.stack([x - 0.25 * fw, y - 0.35 * fh, x + 1.25 * fw, y + 1.2 * fh], axis=1)
+        return Detections(clip_boxes(xyxy, w, h), faces[:, 14].astype(np.float32), (FACE,) * len(faces), None, (w, h))

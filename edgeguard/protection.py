@@ -1,0 +1,71 @@
+"""Turn detections into a protection mask and hide what it covers."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+
+from edgeguard.config import ProtectConfig
+from edgeguard.detections import Detections
+
+Mask = npt.NDArray[np.uint8]  # HxW, 255 = hide
+Image = npt.NDArray[np.uint8]
+
+
+def rasterize(det: Detections, width: int, height: int, *, shape: str, dilate: int) -> Mask:
+    """The pixels to hide: instance masks (or boxes), grown by `dilate` pixels."""
+    mask = np.zeros((height, width), np.uint8)
+    use_masks = shape == "mask" and det.masks is not None
+    for i, (x0, y0, x1, y1) in enumerate(det.boxes.tolist()):
+        if use_masks:
+            assert det.masks is not None
+            mask[y0:y1, x0:x1][det.masks[i]] = 255
+        else:
+            mask[y0:y1, x0:x1] = 255
+    return grow(mask, dilate)
+
+
+def grow(mask: Mask, pixels: int) -> Mask:
+    """Dilate by `pixels` with a round kernel, working only around the set area."""
+    if pixels <= 0:
+        return mask
+    x, y, w, h = cv2.boundingRect(mask)
+    if w == 0:
+        return mask
+    H, W = mask.shape
+    x0, y0 = max(0, x - pixels), max(0, y - pixels)
+    x1, y1 = min(W, x + w + pixels), min(H, y + h + pixels)
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * pixels + 1, 2 * pixels + 1))
+    out = mask.copy()
+    out[y0:y1, x0:x1] = cv2.dilate(mask[y0:y1, x0:x1], kernel)
+    return out
+
+
+def hide(image: Image, mask: Mask, cfg: ProtectConfig) -> Image:
+    """Hide every masked pixel of `image` in place, with the configured style."""
+    x, y, w, h = cv2.boundingRect(mask)
+    if w == 0:
+        return image
+    color = image[:, :, :3]
+    if cfg.style == "fill":
+        r, g, b = cfg.color
+        color[mask > 0] = (b, g, r)
+        return image
+    H, W = mask.shape
+    if cfg.style == "blur":
+        # Blur a margin around the area too so the kernel sees real neighbours, not a border.
+        m = cfg.blur_kernel // 2
+        x0, y0, x1, y1 = max(0, x - m), max(0, y - m), min(W, x + w + m), min(H, y + h + m)
+        done = cv2.GaussianBlur(color[y0:y1, x0:x1], (cfg.blur_kernel, cfg.blur_kernel), 0)
+    else:
+        # Blocks sit on the frame's grid so they do not crawl as the area moves.
+        b = cfg.pixelate_block
+        x0, y0 = x - x % b, y - y % b
+        x1, y1 = min(W, -(-(x + w) // b) * b), min(H, -(-(y + h) // b) * b)
+        roi = color[y0:y1, x0:x1]
+        small = cv2.resize(roi, (-(-(x1 - x0) // b), -(-(y1 - y0) // b)), interpolation=cv2.INTER_AREA)
+        done = cv2.resize(small, (x1 - x0, y1 - y0), interpolation=cv2.INTER_NEAREST)
+    sel = mask[y0:y1, x0:x1] > 0
+    color[y0:y1, x0:x1][sel] = done[sel]
+    return image
