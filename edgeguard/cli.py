@@ -51,6 +51,13 @@ def build_parser() -> argparse.ArgumentParser:
     dr = sub.add_parser("doctor", help="check that this machine can run the configured setup")
     _config_args(dr)
 
+    rn = sub.add_parser("run", help="run the watch-folder service (foreground; systemd Type=notify)")
+    _config_args(rn)
+
+    st = sub.add_parser("status", help="what the daemon's ledger says (safe while it runs)")
+    st.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    _config_args(st)
+
     mo = sub.add_parser("models", help="list or provision models")
     msub = mo.add_subparsers(dest="models_command", required=True, parser_class=_Parser)
     ml = msub.add_parser("list", help="known models and whether their files are here")
@@ -182,7 +189,32 @@ def _cmd_models(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
+def _cmd_run(args: argparse.Namespace) -> int:
+    from edgeguard.daemon import logs
+    from edgeguard.daemon.service import Service
+
+    cfg = _load(args)  # fail fast on a bad config, before any model loads
+    logs.setup(cfg.logging.level, verbose=args.verbose)
+    path = args.config
+    if path is None and os.environ.get(DEFAULT_CONFIG_ENV):
+        path = Path(os.environ[DEFAULT_CONFIG_ENV])
+    return Service(path, args.overrides).run()
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from edgeguard.daemon import status
+    from edgeguard.daemon.folders import Folders
+
+    cfg = _load(args)
+    folders = Folders(**{k: Path(v).absolute() for k, v in cfg.paths.model_dump().items()})
+    report = status.collect(folders)
+    print(json.dumps(report) if args.json else status.render(report))
+    return ExitCode.OK
+
+
 _COMMANDS = {
+    "run": _cmd_run,
+    "status": _cmd_status,
     "protect": _cmd_protect,
     "check-config": _cmd_check_config,
     "doctor": _cmd_doctor,

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from edgeguard.errors import ConfigError
 
@@ -98,6 +98,50 @@ class ModelsConfig(Section):
     manifests: list[Path] = Field(default_factory=list)
 
 
+class PathsConfig(Section):
+    incoming: Path = Path("nextbatchRun")
+    output: Path = Path("output")
+    quarantine: Path = Path("quarantine")
+    failed: Path = Path("failed")
+    # Originals kept with `originals: keep` move here so they are not taken again.
+    processed: Path = Path("processed")
+    # Claimed inputs and partial outputs; must share a filesystem with incoming and output.
+    work: Path = Path("work")
+    # Folder of the SQLite ledger.
+    state: Path = Path("state")
+
+
+VIDEO_PATTERNS = ["*.mp4", "*.mov", "*.avi", "*.mkv", "*.m4v", "*.webm", "*.ts", "*.mts", "*.3gp"]
+IMAGE_PATTERNS = ["*.jpg", "*.jpeg", "*.png", "*.webp", "*.bmp"]
+
+
+class WatchConfig(Section):
+    # A file is taken once its size and mtime have not changed for this long.
+    settle_seconds: Annotated[float, Field(ge=0, le=3600)] = 2.0
+    # Full rescan of the incoming folder (inotify can overflow; cross-filesystem moves give no close event).
+    rescan_seconds: Annotated[float, Field(gt=0, le=86400)] = 30.0
+    # Names to take / to ignore (shell patterns, case-insensitive; ignore wins).
+    patterns: list[str] = Field(default_factory=lambda: VIDEO_PATTERNS + IMAGE_PATTERNS, min_length=1)
+    ignore: list[str] = Field(default_factory=lambda: [".*", "*.part", "*.tmp", "*.crdownload", "*~"])
+
+
+class DaemonConfig(Section):
+    # What becomes of an original once its protected output is durable.
+    originals: Literal["delete", "quarantine", "keep"] = "delete"
+    # A file that crashed or hung the daemon this many times is sent to failed (poison file).
+    max_attempts: Annotated[int, Field(ge=1, le=100)] = 3
+    # Per-file time limit in seconds (0 = none).
+    file_timeout: Annotated[float, Field(ge=0)] = 3600.0
+    # On SIGTERM, finish the current file within this many seconds, else roll it back.
+    stop_grace: Annotated[float, Field(ge=0, le=3600)] = 20.0
+    # Pause claiming while the output filesystem has less free space than this
+    # plus the estimated output (input size times output_ratio).
+    min_free_mb: Annotated[int, Field(ge=0)] = 512
+    output_ratio: Annotated[float, Field(gt=0, le=100)] = 2.0
+    # How often to look again while paused for disk space.
+    pause_seconds: Annotated[float, Field(gt=0, le=3600)] = 30.0
+
+
 class LoggingConfig(Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
 
@@ -108,11 +152,10 @@ class Config(Section):
     video: VideoConfig = VideoConfig()
     media: MediaConfig = MediaConfig()
     models: ModelsConfig = ModelsConfig()
+    paths: PathsConfig = PathsConfig()
+    watch: WatchConfig = WatchConfig()
+    daemon: DaemonConfig = DaemonConfig()
     logging: LoggingConfig = LoggingConfig()
-
-    @model_validator(mode="after")
-    def _env_models_dir(self) -> Config:
-        return self
 
     def models_dir(self) -> Path:
         env = os.environ.get("EDGEGUARD_MODELS_DIR")

@@ -20,6 +20,7 @@ from edgeguard.config import Config
 from edgeguard.detectors import Detector, create_detector
 from edgeguard.errors import Cancelled, EdgeguardError, FileError, InputError
 from edgeguard.media import image as image_io
+from edgeguard.media import media_kind
 from edgeguard.media import video as video_io
 from edgeguard.protection import hide, rasterize
 
@@ -51,7 +52,7 @@ def temp_name(dst: Path, tmp_dir: Path | None = None) -> Path:
 
 
 def default_output(src: Path, out_dir: Path) -> Path:
-    kind = video_io.media_kind(src)
+    kind = media_kind(src)
     return out_dir / (src.stem + ".mp4" if kind == "video" else src.name)
 
 
@@ -71,7 +72,7 @@ class Engine:
         cancel: threading.Event | None = None,
         tmp_dir: Path | None = None,
     ) -> Result:
-        kind = video_io.media_kind(src)
+        kind = media_kind(src)
         if kind is None:
             raise InputError(src, f"unsupported file type {src.suffix!r}")
         tmp = temp_name(dst, tmp_dir)

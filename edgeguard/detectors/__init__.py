@@ -57,6 +57,6 @@ def create_detector(cfg: Config) -> Detector:
         cv2.setNumThreads(cfg.detector.threads)
     manifest, files = model_files(cfg)
     target = dnn_target.choose(cfg.detector.target, cfg.detector.on_unavailable)
-    detector = plugin(manifest.backend)(cfg.detector, files, target, manifest.name)
+    detector = plugin(manifest.backend)(cfg.detector, files, target, manifest.name, manifest.input_size)
     log.info("loaded model %s (%s) on %s", manifest.name, manifest.backend, target)
     return detector

@@ -48,8 +48,12 @@ class Detector(ABC):
     #: the model gives per-instance masks (else protection falls back to boxes)
     has_masks: bool = False
 
-    def __init__(self, cfg: DetectorConfig, files: Mapping[str, Path], target: str, name: str) -> None:
+    def __init__(
+        self, cfg: DetectorConfig, files: Mapping[str, Path], target: str, name: str,
+        native_size: tuple[int, int] | None = None,
+    ) -> None:
         self.cfg = cfg
+        self.native_size = native_size
         self.target = target
         self.model_name = name
         self.labels = read_labels(files["labels"])

@@ -41,8 +41,11 @@ def tune_graph(text: str, *, keep_top_k: int, confidence: float) -> str:
 class MaskRCNN(Detector):
     type_key = "maskrcnn"
 
-    def __init__(self, cfg: DetectorConfig, files: Mapping[str, Path], target: str, name: str) -> None:
-        super().__init__(cfg, files, target, name)
+    def __init__(
+        self, cfg: DetectorConfig, files: Mapping[str, Path], target: str, name: str,
+        native_size: tuple[int, int] | None = None,
+    ) -> None:
+        super().__init__(cfg, files, target, name, native_size)
         try:
             graph = tune_graph(
                 files["graph"].read_text(encoding="utf-8"),

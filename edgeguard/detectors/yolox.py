@@ -39,9 +39,12 @@ def _grid(size: int) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
 class YoloX(Detector):
     type_key = "yolox"
 
-    def __init__(self, cfg: DetectorConfig, files: Mapping[str, Path], target: str, name: str) -> None:
-        super().__init__(cfg, files, target, name)
-        self.size = cfg.input_size or NATIVE_SIZE
+    def __init__(
+        self, cfg: DetectorConfig, files: Mapping[str, Path], target: str, name: str,
+        native_size: tuple[int, int] | None = None,
+    ) -> None:
+        super().__init__(cfg, files, target, name, native_size)
+        self.size = cfg.input_size or (native_size[0] if native_size else NATIVE_SIZE)
         if self.size % 32:
             raise ConfigError([f"detector.input_size: {name} needs a multiple of 32, not {self.size}"])
         try:

@@ -1,0 +1,124 @@
+"""The daemon's folders: checked at start, and moves that never clobber or half-happen."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from edgeguard.config import PathsConfig
+from edgeguard.errors import SetupError
+
+log = logging.getLogger(__name__)
+
+LEDGER_NAME = "ledger.sqlite3"
+
+
+@dataclass(frozen=True)
+class Folders:
+    incoming: Path
+    output: Path
+    quarantine: Path
+    failed: Path
+    processed: Path
+    work: Path
+    state: Path
+
+    @property
+    def ledger(self) -> Path:
+        return self.state / LEDGER_NAME
+
+
+def prepare(paths: PathsConfig) -> Folders:
+    """Create the folders, check they are writable and that atomic renames are possible."""
+    folders = Folders(**{k: Path(v).absolute() for k, v in paths.model_dump().items()})
+    problems: list[str] = []
+    for key, path in vars(folders).items():
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=path, prefix=".edgeguard-probe-"):
+                pass
+        except OSError as exc:
+            problems.append(f"paths.{key}: {path} is not a writable folder: {exc.strerror or exc}")
+    if problems:
+        raise SetupError("; ".join(problems))
+    # Claims (incoming -> work) and publishing (work -> output) must be atomic renames.
+    work_dev = folders.work.stat().st_dev
+    for key in ("incoming", "output"):
+        path = getattr(folders, key)
+        if path.stat().st_dev != work_dev:
+            raise SetupError(
+                f"paths.{key} ({path}) and paths.work ({folders.work}) are on different filesystems;"
+                " atomic renames need them on one (put work next to them)"
+            )
+    for key in ("failed", "quarantine", "processed"):
+        path = getattr(folders, key)
+        if path.stat().st_dev != work_dev:
+            log.warning("paths.%s (%s) is on another filesystem than paths.work: originals are copied there, not renamed",
+                        key, path)
+    return folders
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def free_bytes(path: Path) -> int:
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize
+
+
+def candidate_names(name: str) -> list[str]:
+    stem, dot, ext = name.rpartition(".")
+    if not dot or not stem:
+        stem, ext = name, ""
+    sfx = f".{ext}" if ext else ""
+    return [name] + [f"{stem}-{i}{sfx}" for i in range(1, 10000)]
+
+
+def move_noclobber(src: Path, folder: Path, name: str) -> Path:
+    """Move `src` into `folder` as `name` (or name-1, name-2, ...), never replacing a file.
+
+    A hard link is the atomic "create only if absent"; a filesystem without
+    hard links, or another filesystem, gets a copy that is fsynced first.
+    """
+    for candidate in candidate_names(name):
+        dst = folder / candidate
+        try:
+            os.link(src, dst)
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            if exc.errno not in (errno.EXDEV, errno.EPERM, errno.ENOTSUP, errno.EMLINK):
+                raise
+            if dst.exists():
+                continue
+            _copy_in(src, dst)
+        fsync_dir(folder)
+        src.unlink()
+        fsync_dir(src.parent)
+        return dst
+    raise OSError(errno.EEXIST, f"no free name for {name} in {folder}")
+
+
+def _copy_in(src: Path, dst: Path) -> None:
+    tmp = dst.with_name(f".{dst.name}.copying")
+    shutil.copyfile(src, tmp)
+    fsync_file(tmp)
+    os.replace(tmp, dst)

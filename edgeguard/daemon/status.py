@@ -1,0 +1,41 @@
+"""`edgeguard status`: what the ledger says, read-only and safe while the daemon runs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from edgeguard.daemon import ledger as L
+from edgeguard.daemon.folders import Folders
+
+
+def collect(folders: Folders, failures: int = 10) -> dict[str, Any]:
+    if not folders.ledger.exists():
+        return {"ledger": str(folders.ledger), "counts": {}, "in_progress": [], "last_failures": []}
+    db = L.Ledger(folders.ledger, readonly=True)
+    try:
+        return {
+            "ledger": str(folders.ledger),
+            "counts": db.counts(),
+            "in_progress": [
+                {"job": j.id, "file": j.name, "state": j.state, "progress": j.progress, "attempts": j.attempts}
+                for j in db.in_states(*L.ACTIVE)
+            ],
+            "last_failures": [
+                {"job": j.id, "file": j.name, "stage": j.stage, "reason": j.reason, "where": j.final_path}
+                for j in db.last_failures(failures)
+            ],
+        }
+    finally:
+        db.close()
+
+
+def render(report: dict[str, Any]) -> str:
+    lines = [f"ledger: {report['ledger']}"]
+    counts = report["counts"]
+    lines.append("counts: " + (", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "no jobs yet"))
+    for j in report["in_progress"]:
+        pct = f" {j['progress']:.0%}" if j["progress"] is not None else ""
+        lines.append(f"in progress: job {j['job']} {j['file']} ({j['state']}{pct}, attempt {j['attempts']})")
+    for f in report["last_failures"]:
+        lines.append(f"failed: job {f['job']} {f['file']} at {f['stage']}: {f['reason']}")
+    return "\n".join(lines)

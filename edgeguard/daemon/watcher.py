@@ -1,0 +1,161 @@
+"""Arrivals: which files in the incoming folder have fully arrived.
+
+inotify (through watchdog) gives the hints: a close-after-write is the best
+"finished" signal, but a file moved in from another filesystem gives only a
+create event and events are lost when the queue overflows. So every name that
+an event or a periodic rescan mentions is settled by size and mtime, and no
+file is taken while a writer still has it open.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import os
+import stat
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from watchdog.events import (
+    FileClosedEvent,
+    FileClosedNoWriteEvent,
+    FileOpenedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
+from watchdog.observers import Observer
+
+from edgeguard.config import WatchConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Entry:
+    size: int
+    mtime_ns: int
+    stable_since: float
+    open_writers: int = 0
+
+
+class _Handler(FileSystemEventHandler):
+    def __init__(self, arrivals: Arrivals) -> None:
+        self.arrivals = arrivals
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        if event.is_directory:
+            return
+        for raw in (event.src_path, getattr(event, "dest_path", "")):
+            if raw:
+                name = os.path.basename(os.fsdecode(raw))
+                if isinstance(event, FileOpenedEvent):
+                    self.arrivals.note(name, +1)
+                elif isinstance(event, FileClosedEvent | FileClosedNoWriteEvent):
+                    self.arrivals.note(name, -1)
+                else:
+                    self.arrivals.note(name, 0)
+
+
+class Arrivals:
+    """Tracks the incoming folder; `settled()` returns the files ready to claim."""
+
+    def __init__(self, folder: Path, cfg: WatchConfig, clock: Callable[[], float] = time.monotonic) -> None:
+        self.folder = folder
+        self.cfg = cfg
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._touched: dict[str, int] = {}  # name -> open/close balance since last look
+        self._entries: dict[str, _Entry] = {}
+        self._reported: set[str] = set()
+        self._next_rescan = 0.0
+        self._observer: Observer | None = None  # type: ignore[valid-type]
+
+    def start(self) -> None:
+        observer = Observer()
+        observer.schedule(_Handler(self), str(self.folder), recursive=False)
+        observer.daemon = True
+        observer.start()
+        self._observer = observer
+
+    def stop(self) -> None:
+        if self._observer is not None:
+            self._observer.stop()
+            self._observer.join(timeout=5)
+            self._observer = None
+
+    def note(self, name: str, writers: int) -> None:
+        """Called from the observer thread for every event on `name`."""
+        with self._lock:
+            self._touched[name] = self._touched.get(name, 0) + writers
+
+    def rescan_now(self) -> None:
+        self._next_rescan = 0.0
+
+    def wanted(self, name: str) -> bool:
+        low = name.lower()
+        if any(fnmatch.fnmatchcase(low, p.lower()) for p in self.cfg.ignore):
+            return False
+        return any(fnmatch.fnmatchcase(low, p.lower()) for p in self.cfg.patterns)
+
+    def pending(self) -> int:
+        return len(self._entries)
+
+    def settled(self) -> list[Path]:
+        """Files whose size and mtime held still for settle_seconds with no writer open, oldest first."""
+        now = self.clock()
+        with self._lock:
+            touched, self._touched = self._touched, {}
+        names = set(touched)
+        if now >= self._next_rescan:
+            self._next_rescan = now + self.cfg.rescan_seconds
+            try:
+                names.update(e.name for e in os.scandir(self.folder))
+            except OSError as exc:
+                log.error("cannot list %s: %s", self.folder, exc.strerror or exc)
+        names.update(self._entries)
+        ready: list[tuple[float, Path]] = []
+        for name in names:
+            entry = self._look(name, touched.get(name, 0), name in touched, now)
+            if entry is not None and entry.open_writers <= 0 and now - entry.stable_since >= self.cfg.settle_seconds:
+                ready.append((entry.stable_since, self.folder / name))
+        return [p for _, p in sorted(ready)]
+
+    def forget(self, path: Path) -> None:
+        self._entries.pop(path.name, None)
+
+    def _look(self, name: str, writers: int, evented: bool, now: float) -> _Entry | None:
+        if not self.wanted(name):
+            self._entries.pop(name, None)
+            return None
+        try:
+            st = os.lstat(self.folder / name)
+        except FileNotFoundError:
+            self._entries.pop(name, None)
+            self._reported.discard(name)
+            return None
+        except OSError as exc:
+            self._report(name, f"cannot stat: {exc.strerror or exc}")
+            return None
+        if not stat.S_ISREG(st.st_mode):
+            kind = "symlink" if stat.S_ISLNK(st.st_mode) else "directory" if stat.S_ISDIR(st.st_mode) else "special file"
+            self._report(name, f"skipped: a {kind}, not a regular file (never followed or opened)")
+            self._entries.pop(name, None)
+            return None
+        entry = self._entries.get(name)
+        if entry is None:
+            entry = _Entry(st.st_size, st.st_mtime_ns, now)
+            self._entries[name] = entry
+        elif (entry.size, entry.mtime_ns) != (st.st_size, st.st_mtime_ns) or (evented and writers == 0 and False):
+            entry.size, entry.mtime_ns, entry.stable_since = st.st_size, st.st_mtime_ns, now
+        entry.open_writers = max(0, entry.open_writers + writers)
+        if writers:
+            entry.stable_since = now
+        return entry
+
+    def _report(self, name: str, what: str) -> None:
+        if name not in self._reported:
+            self._reported.add(name)
+            log.warning("%s: %s", self.folder / name, what)
