@@ -240,13 +240,13 @@ def verify_output(path: Path, result: Result) -> None:
     kind = media_kind(path)
     if kind == "video":
         frames = 0
-        with video_io.VideoReader(path, max_pixels=1 << 62) as reader:
+        with video_io.VideoReader(path, max_pixels=1 << 30) as reader:
             for _ in reader.frames():
                 frames += 1
         if frames != result.frames:
             raise FileError(path, f"output has {frames} frames, expected {result.frames}", stage="verify")
     else:
-        image_io.read_image(path, max_pixels=1 << 62)
+        image_io.read_image(path, max_pixels=1 << 30)
 
 
 def _fields(name: str, job_id: int, outcome: str | None = None, seconds: float | None = None) -> dict[str, object]:

@@ -53,7 +53,10 @@ class MaskRCNN(Detector):
                 # The graph's own floor (0.3) would hide detections a lower configured threshold wants.
                 confidence=min(cfg.confidence, 0.3),
             )
-            self.net = cv2.dnn.readNetFromTensorflow(files["weights"].read_bytes(), graph.encode())
+            # Buffers must be uint8 arrays: OpenCV's binding crashes on `bytes` here.
+            self.net = cv2.dnn.readNetFromTensorflow(
+                np.fromfile(files["weights"], np.uint8), np.frombuffer(graph.encode(), np.uint8)
+            )
         except (OSError, cv2.error) as exc:
             raise SetupError(f"cannot load {name} from {files['weights']}: {_first_line(exc)}") from exc
         dnn_target.apply(self.net, target)
