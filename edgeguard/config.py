@@ -86,6 +86,21 @@ class VideoConfig(Section):
     keep_metadata: bool = False
 
 
+class TemporalConfig(Section):
+    """Detect on keyframes and carry protection between them, safely."""
+
+    # Detect at least every this many frames; 1 = every frame (the seed's loop).
+    keyframe_interval: Annotated[int, Field(ge=1, le=300)] = 12
+    # Force a fresh detection when something changes outside the protected area.
+    motion_check: bool = True
+    # Grey-level change (0..255) that counts as motion.
+    motion_threshold: Annotated[int, Field(ge=1, le=255)] = 25
+    # Share of the frame that may change outside the protected area before a fresh detection.
+    motion_min_area: Annotated[float, Field(ge=0, le=1)] = 0.002
+    # Pixels added around protection carried between keyframes (and around the area the motion check trusts).
+    grow: Annotated[int, Field(ge=0, le=512)] = 24
+
+
 class MediaConfig(Section):
     # Refuse frames larger than this before decoding them (decompression bombs).
     max_pixels: Annotated[int, Field(ge=1)] = 8192 * 8192
@@ -150,6 +165,7 @@ class Config(Section):
     detector: DetectorConfig = DetectorConfig()
     protect: ProtectConfig = ProtectConfig()
     video: VideoConfig = VideoConfig()
+    temporal: TemporalConfig = TemporalConfig()
     media: MediaConfig = MediaConfig()
     models: ModelsConfig = ModelsConfig()
     paths: PathsConfig = PathsConfig()

@@ -12,7 +12,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +22,31 @@ from edgeguard.errors import Cancelled, EdgeguardError, FileError, InputError
 from edgeguard.media import image as image_io
 from edgeguard.media import media_kind
 from edgeguard.media import video as video_io
-from edgeguard.protection import hide, rasterize
+from edgeguard.detections import Detections
+from edgeguard.protection import Mask, hide, rasterize
+from edgeguard.stages import Consumer, Producer
+from edgeguard.temporal import Image, Planned, Planner
 
 log = logging.getLogger(__name__)
 
 Progress = Callable[[int, int | None], None]
+Observer = Callable[[Mask, "Detections | None"], None]  # each frame's mask (and keyframe detections), in order
+QUEUE_FRAMES = 8  # frames in flight between two stages: memory stays flat
+
+
+@dataclass
+class Stats:
+    """Seconds spent per stage (busy time of each thread) and keyframe counts."""
+
+    decode: float = 0.0
+    inference: float = 0.0
+    protection: float = 0.0
+    encode: float = 0.0
+    wall: float = 0.0
+    planning: float = 0.0  # motion check and carry-over, on the inference thread
+    idle: float = 0.0  # the inference thread waiting for decoded frames
+    keyframes: int = 0
+    motion_keyframes: int = 0
 
 
 @dataclass(frozen=True)
@@ -40,9 +60,13 @@ class Result:
     fps: float
     model: str
     target: str
+    keyframes: int
+    stats: Stats = field(default_factory=lambda: Stats(), repr=False)
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        del out["stats"]
+        return out
 
 
 def temp_name(dst: Path, tmp_dir: Path | None = None) -> Path:
@@ -71,6 +95,7 @@ class Engine:
         progress: Progress | None = None,
         cancel: threading.Event | None = None,
         tmp_dir: Path | None = None,
+        observe: Observer | None = None,
     ) -> Result:
         kind = media_kind(src)
         if kind is None:
@@ -79,9 +104,10 @@ class Engine:
         started = time.monotonic()
         try:
             if kind == "video":
-                frames, found = self._video(src, tmp, progress, cancel)
+                frames, found, stats = self._video(src, tmp, progress, cancel, observe)
             else:
-                frames, found = self._image(src, tmp)
+                frames, found = self._image(src, tmp, observe)
+                stats = Stats(keyframes=1)
             _fsync(tmp)
             os.replace(tmp, dst)
         except BaseException:
@@ -91,47 +117,93 @@ class Engine:
         return Result(
             str(src), str(dst), kind, frames, found, round(seconds, 3),
             round(frames / seconds, 3) if seconds > 0 else 0.0,
-            self.detector.model_name, self.detector.target,
+            self.detector.model_name, self.detector.target, stats.keyframes, stats,
         )
 
-    def _image(self, src: Path, tmp: Path) -> tuple[int, int]:
+    def _image(self, src: Path, tmp: Path, observe: Observer | None) -> tuple[int, int]:
         img = image_io.read_image(src, max_pixels=self.cfg.media.max_pixels)
-        found = self._protect(img, src)
+        det = self._detect(img, src)
+        mask = self._rasterize(det, img.shape[1], img.shape[0])
+        if observe is not None:
+            observe(mask, det)
+        hide(img, mask, self.cfg.protect)
+        found = len(det)
         image_io.write_image(tmp, img, fmt=src.suffix.lower().lstrip("."), quality=self.cfg.media.image_quality)
         return 1, found
 
-    def _video(self, src: Path, tmp: Path, progress: Progress | None, cancel: threading.Event | None) -> tuple[int, int]:
+    def _video(
+        self, src: Path, tmp: Path, progress: Progress | None, cancel: threading.Event | None,
+        observe: Observer | None = None,
+    ) -> tuple[int, int, Stats]:
+        """Decode, plan and detect, hide and encode in three overlapping threads."""
         v = self.cfg.video
-        frames = found = 0
+        stats = Stats()
+        found = 0
+        written = 0
+
+        def detect(image: Image) -> Detections:
+            nonlocal found
+            t0 = time.perf_counter()
+            det = self._detect(image, src)
+            stats.inference += time.perf_counter() - t0
+            found += len(det)
+            return det
+
         with video_io.VideoReader(src, max_pixels=self.cfg.media.max_pixels) as reader:
             total = reader.info.frames
             with video_io.VideoWriter(
                 tmp, reader.info, source=src, crf=v.crf, preset=v.preset, audio=v.audio,
                 keep_metadata=v.keep_metadata,
             ) as writer:
-                for frame in reader.frames():
-                    if cancel is not None and cancel.is_set():
-                        raise Cancelled(src)
-                    found += self._protect(frame.image, src)
-                    writer.write(frame, frame.image)
-                    frames += 1
-                    if progress is not None:
-                        progress(frames, total)
-        return frames, found
 
-    def _protect(self, img: Any, src: Path) -> int:
+                def encode(p: Planned[video_io.Frame]) -> None:
+                    nonlocal written
+                    if observe is not None:
+                        observe(p.mask, p.det)
+                    t0 = time.perf_counter()
+                    hide(p.item.image, p.mask, self.cfg.protect)
+                    stats.protection += time.perf_counter() - t0
+                    writer.write(p.item, p.item.image)
+                    written += 1
+                    if progress is not None:
+                        progress(written, total)
+
+                planner: Planner[video_io.Frame] = Planner(self.cfg.temporal, detect, self._rasterize)
+                decoder = Producer(reader.frames, QUEUE_FRAMES, "edgeguard-decode")
+                encoder: Consumer[Planned[video_io.Frame]] = Consumer(encode, QUEUE_FRAMES, "edgeguard-encode")
+                started = time.perf_counter()
+                try:
+                    for planned in planner.run((f, f.image) for f in decoder):
+                        if cancel is not None and cancel.is_set():
+                            raise Cancelled(src)
+                        encoder.put(planned)
+                    encoder.finish()
+                finally:
+                    decoder.close()
+                    encoder.close()
+                if written != planner.frames:
+                    raise FileError(src, f"wrote {written} of {planner.frames} frames", stage="encode")
+                stats.decode = decoder.busy
+                stats.encode = encoder.busy - stats.protection
+                stats.wall = time.perf_counter() - started
+                stats.keyframes = planner.keyframes
+                stats.planning = planner.busy
+                stats.idle = planner.waited
+                stats.motion_keyframes = planner.motion_keyframes
+        return written, found, stats
+
+    def _rasterize(self, det: Detections, width: int, height: int) -> Mask:
+        c = self.cfg.protect
+        shape = c.shape if self.detector.has_masks else "box"
+        return rasterize(det, width, height, shape=shape, dilate=c.dilate)
+
+    def _detect(self, img: Image, src: Path) -> Detections:
         try:
-            det = self.detector.detect(img)
+            return self.detector.detect(img)
         except EdgeguardError:
             raise
         except Exception as exc:  # noqa: BLE001 - any analysis fault fails the file closed
             raise FileError(src, f"detection failed: {exc}", stage="detect") from exc
-        h, w = img.shape[:2]
-        c = self.cfg.protect
-        shape = c.shape if self.detector.has_masks else "box"
-        hide(img, rasterize(det, w, h, shape=shape, dilate=c.dilate), c)
-        return len(det)
-
 
 def _fsync(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
