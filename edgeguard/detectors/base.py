@@ -47,6 +47,8 @@ class Detector(ABC):
     type_key: ClassVar[str]
     #: the model gives per-instance masks (else protection falls back to boxes)
     has_masks: bool = False
+    #: the caller uses masks; a model may skip computing them when False
+    want_masks: bool = True
 
     def __init__(
         self, cfg: DetectorConfig, files: Mapping[str, Path], target: str, name: str,

@@ -72,7 +72,11 @@ class MaskRCNN(Detector):
             size = (max(32, round(w * s)), max(32, round(h * s)))
         blob = cv2.dnn.blobFromImage(image[:, :, :3], 1.0, size, swapRB=True, crop=False)
         self.net.setInput(blob)
-        rows, masks = self.net.forward(OUTPUTS)
+        if self.want_masks:
+            rows, masks = self.net.forward(OUTPUTS)
+        else:
+            # OpenCV computes only what the requested outputs need: no mask branch at all.
+            rows, masks = self.net.forward(OUTPUTS[:1])[0], None
         rows = rows.reshape(-1, 7)
         cls = rows[:, 1].astype(np.int64)
         valid = (rows[:, 2] >= self.cfg.confidence) & (cls >= 0) & (cls < len(self.wanted))
@@ -80,6 +84,9 @@ class MaskRCNN(Detector):
         if len(keep) == 0:
             return Detections.empty((w, h))
         boxes = clip_boxes(rows[keep, 3:7] * np.array([w, h, w, h], np.float32), w, h)
+        names = tuple(self.labels[c] for c in cls[keep])
+        if masks is None:
+            return Detections(boxes, rows[keep, 2].astype(np.float32), names, None, (w, h))
         inst: list[np.ndarray] = []
         for i, (x0, y0, x1, y1) in zip(keep, boxes, strict=True):
             bw, bh = int(x1 - x0), int(y1 - y0)
@@ -88,7 +95,6 @@ class MaskRCNN(Detector):
                 continue
             prob = cv2.resize(masks[i, cls[i]], (bw, bh), interpolation=cv2.INTER_LINEAR)
             inst.append(prob > self.cfg.mask_threshold)
-        names = tuple(self.labels[c] for c in cls[keep])
         return Detections(boxes, rows[keep, 2].astype(np.float32), names, tuple(inst), (w, h))
 
 

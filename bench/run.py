@@ -1,0 +1,417 @@
+"""`make bench`: edgeguard's profiles against the seed's every-frame loop, side by side.
+
+One process runs every configuration on every clip, clip by clip, so all of
+them share the machine's state. Speed for Mask R-CNN comes from the stand-in
+weights (the real model's cost); privacy coverage needs a real detector, so
+every profile is also run with yolox_nano and compared, frame by frame, with
+yolox_nano's own every-frame loop.
+
+    python -m bench.run [--frames 48] [--clips dos.mp4 ...] [--out bench/results/latest.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from edgeguard.config import Config, load_config
+from edgeguard.detections import Detections
+from edgeguard.detectors import Detector, create_detector
+from edgeguard.engine import Engine
+from edgeguard.media import video as video_io
+from edgeguard.protection import Mask, hide, rasterize
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("EDGEGUARD_SHARED", REPO.parent / "shared")).resolve()
+CLIPS = ["dos.mp4", "ecuador.mp4", "pedestrians.mp4", "example_02.mp4", "vtest.avi"]
+IMAGES = ["city.jpg", "000000005001.jpg", "000000038829.jpg", "000000465822.jpg", "messi5.jpg"]
+
+# Named profiles: overrides on top of the shipped defaults. Only `default` is what users get.
+PROFILES: dict[str, list[str]] = {
+    "default": [],
+    "every-frame": ["temporal.keyframe_interval=1"],
+    "boxes": ["protect.shape=box"],
+    # Opt-in, trades coverage for speed: no motion check, a keyframe a second.
+    "fast-unsafe": ["temporal.motion_check=false", "temporal.keyframe_interval=25"],
+}
+YOLOX_ONLY: dict[str, list[str]] = {
+    "realtime": ["video.preset=superfast"],
+}
+
+
+# ------------------------------------------------------------------ measuring
+
+
+class PeakRSS:
+    """Samples this process's resident memory while a configuration runs."""
+
+    def __init__(self) -> None:
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    @staticmethod
+    def now() -> int:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+        return 0
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.now())
+            self._stop.wait(0.02)
+
+    def __enter__(self) -> PeakRSS:
+        self.peak = self.now()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+@dataclass
+class Run:
+    config: str
+    clip: str
+    frames: int
+    seconds: float
+    rss: int
+    stages: dict[str, float]
+    keyframes: int
+    masks: list[np.ndarray] = field(default_factory=list, repr=False)  # packed bits, yolox runs only
+    boxes: list[np.ndarray] = field(default_factory=list, repr=False)  # reference instances per frame
+
+
+class Recorder:
+    """Keeps each frame's mask (bit-packed) and, for the reference, its instances."""
+
+    def __init__(self) -> None:
+        self.masks: list[np.ndarray] = []
+        self.boxes: list[np.ndarray] = []
+
+    def __call__(self, mask: Mask, det: Detections | None) -> None:
+        self.masks.append(np.packbits(mask > 0))
+        self.boxes.append(det.boxes.copy() if det is not None else np.zeros((0, 4), np.int32))
+
+
+def seed_loop(cfg: Config, detector: Detector, src: Path, dst: Path, observe: Recorder | None) -> tuple[int, dict[str, float]]:
+    """The seed's algorithm: every frame, full size, one step after another."""
+    t = dict.fromkeys(["decode", "inference", "protection", "encode"], 0.0)
+    n = 0
+    c = cfg.protect
+    detector.want_masks = c.shape == "mask"
+    shape = c.shape if detector.has_masks else "box"
+    with video_io.VideoReader(src, max_pixels=cfg.media.max_pixels) as reader, video_io.VideoWriter(
+        dst, reader.info, source=src, crf=cfg.video.crf, preset=cfg.video.preset, audio=cfg.video.audio
+    ) as writer:
+        frames = reader.frames()
+        while True:
+            t0 = time.perf_counter()
+            frame = next(frames, None)
+            t1 = time.perf_counter()
+            t["decode"] += t1 - t0
+            if frame is None:
+                break
+            det = detector.detect(frame.image)
+            t2 = time.perf_counter()
+            mask = rasterize(det, frame.image.shape[1], frame.image.shape[0], shape=shape, dilate=c.dilate)
+            if observe is not None:
+                observe(mask, det)
+            hide(frame.image, mask, c)
+            t3 = time.perf_counter()
+            writer.write(frame, frame.image)
+            t4 = time.perf_counter()
+            t["inference"] += t2 - t1
+            t["protection"] += t3 - t2
+            t["encode"] += t4 - t3
+            n += 1
+    t["idle"] = 0.0
+    return n, t
+
+
+def coverage(ref: Run, run: Run, shape: tuple[int, int]) -> dict[str, float]:
+    """How much of what the every-frame loop hid this run hid too."""
+    h, w = shape
+    total = covered = 0
+    worst = 1.0
+    half_hidden = 0
+    for ref_bits, bits, boxes in zip(ref.masks, run.masks, ref.boxes, strict=True):
+        a = np.unpackbits(ref_bits, count=h * w).reshape(h, w).astype(bool)
+        b = np.unpackbits(bits, count=h * w).reshape(h, w).astype(bool)
+        n = int(a.sum())
+        k = int((a & b).sum())
+        total += n
+        covered += k
+        if n:
+            worst = min(worst, k / n)
+        for x0, y0, x1, y1 in boxes.tolist():
+            area = (x1 - x0) * (y1 - y0)
+            if area and b[y0:y1, x0:x1].sum() < 0.5 * area:
+                half_hidden += 1
+    return {"coverage": covered / total if total else 1.0, "worst": worst, "under_half": half_hidden}
+
+
+# ------------------------------------------------------------------ set-up
+
+
+def prepare(cache: Path, clips: list[str], frames: int) -> tuple[Path, Path, dict[str, Path]]:
+    """Stand-in Mask R-CNN files, yolox_nano provisioned offline, and the clips cut to `frames`."""
+    from edgeguard import models
+    from tests.support.maskrcnn_standin import ensure_standin
+
+    pbtxt = SHARED / "models" / "mask_rcnn_inception_v2_coco_2018_01_28.pbtxt"
+    standin = cache / "maskrcnn"
+    standin.mkdir(parents=True, exist_ok=True)
+    ensure_standin(pbtxt, standin)
+    models_dir = cache / "models"
+    models.fetch(models.find_manifest("yolox_nano", [models.builtin_manifest_dir()]), models_dir,
+                 source=SHARED / "models" / "candidates")
+    cut: dict[str, Path] = {}
+    for clip in clips:
+        dst = cache / f"{Path(clip).stem}-{frames}.mp4"
+        if not dst.exists():
+            trim(SHARED / "media" / clip, dst, frames)
+        cut[clip] = dst
+    return standin, models_dir, cut
+
+
+def trim(src: Path, dst: Path, frames: int) -> None:
+    """The first `frames` frames, re-encoded near-losslessly (crf 12) so every run decodes the same."""
+    tmp = dst.with_suffix(".tmp.mp4")
+    with video_io.VideoReader(src, max_pixels=1 << 28) as r, video_io.VideoWriter(
+        tmp, r.info, source=None, crf=12, preset="veryfast", audio="strip"
+    ) as w:
+        for f in r.frames():
+            if f.index >= frames:
+                break
+            w.write(f, f.image)
+    tmp.rename(dst)
+
+
+def standin_set(root: Path) -> list[str]:
+    return [
+        f"detector.files.weights={root / 'frozen_inference_graph.pb'}",
+        f"detector.files.graph={SHARED / 'models' / 'mask_rcnn_inception_v2_coco_2018_01_28.pbtxt'}",
+        f"detector.files.labels={SHARED / 'models' / 'object_detection_classes_coco.txt'}",
+    ]
+
+
+# ------------------------------------------------------------------ running
+
+
+def run_engine(engine: Engine, name: str, clip: str, src: Path, out: Path, record: bool) -> Run:
+    rec = Recorder() if record else None
+    with PeakRSS() as rss:
+        t0 = time.perf_counter()
+        result = engine.protect_file(src, out / f"{name}.mp4", observe=rec)
+        seconds = time.perf_counter() - t0
+    s = result.stats
+    stages = {"decode": s.decode, "inference": s.inference, "planning": s.planning,
+              "protection": s.protection, "encode": s.encode, "idle": s.idle}
+    return Run(name, clip, result.frames, seconds, rss.peak, stages, s.keyframes,
+               rec.masks if rec else [], rec.boxes if rec else [])
+
+
+def run_seed(cfg: Config, detector: Detector, name: str, clip: str, src: Path, out: Path, record: bool) -> Run:
+    rec = Recorder() if record else None
+    with PeakRSS() as rss:
+        t0 = time.perf_counter()
+        n, stages = seed_loop(cfg, detector, src, out / f"{name}.mp4", rec)
+        seconds = time.perf_counter() - t0
+    return Run(name, clip, n, seconds, rss.peak, stages, n, rec.masks if rec else [], rec.boxes if rec else [])
+
+
+def memory_check(models_dir: Path, clip: Path, cache: Path, frames: int) -> tuple[int, int, int, int]:
+    """Peak RSS of fresh processes protecting a clip and one 10x longer (yolox_nano, default)."""
+    long_clip = cache / f"{clip.stem}-x10.mp4"
+    if not long_clip.exists():
+        with video_io.VideoReader(clip, max_pixels=1 << 28) as r, video_io.VideoWriter(
+            long_clip.with_suffix(".tmp.mp4"), r.info, source=None, crf=12, preset="veryfast", audio="strip"
+        ) as w:
+            pass
+        long_clip.with_suffix(".tmp.mp4").unlink()
+        concat(clip, long_clip, 10)
+    out = []
+    for src in (clip, long_clip):
+        code = (
+            "import resource,sys; from pathlib import Path; from edgeguard.config import load_config;"
+            "from edgeguard.engine import Engine;"
+            "e=Engine(load_config(None,['detector.model=yolox_nano']));"
+            f"r=e.protect_file(Path({str(src)!r}), Path({str(cache / 'mem-out.mp4')!r}));"
+            "print(r.frames, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+        )
+        env = {**os.environ, "EDGEGUARD_MODELS_DIR": str(models_dir)}
+        res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+        n, kb = res.stdout.split()
+        out += [int(n), int(kb) * 1024]
+    return out[0], out[1], out[2], out[3]
+
+
+def concat(src: Path, dst: Path, times: int) -> None:
+    """`src` repeated `times` times with continuous timestamps."""
+    tmp = dst.with_suffix(".tmp.mp4")
+    with video_io.VideoReader(src, max_pixels=1 << 28) as r:
+        info = r.info
+    step = None
+    with video_io.VideoWriter(tmp, info, source=None, crf=12, preset="veryfast", audio="strip") as w:
+        offset = 0
+        for _ in range(times):
+            last = 0
+            with video_io.VideoReader(src, max_pixels=1 << 28) as r:
+                for f in r.frames():
+                    pts = (f.pts or 0)
+                    if step is None and pts:
+                        step = pts
+                    w.write(video_io.Frame(f.index, offset + pts, f.image), f.image)
+                    last = pts
+            offset += last + (step or 1)
+    tmp.rename(dst)
+
+
+def images_rate(cfg: Config, out: Path) -> tuple[float, float]:
+    """Images per second through the engine (model loaded once) vs the bare detector."""
+    engine = Engine(cfg)
+    paths = [SHARED / "media" / n for n in IMAGES if (SHARED / "media" / n).exists()]
+    decoded = [cv2.imread(str(p)) for p in paths]
+    engine.detector.detect(decoded[0])  # warm-up
+    t0 = time.perf_counter()
+    for img in decoded:
+        engine.detector.detect(img.copy())
+    pure = len(decoded) / (time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    for p in paths:
+        engine.protect_file(p, out / p.name)
+    full = len(paths) / (time.perf_counter() - t0)
+    return full, pure
+
+
+# ------------------------------------------------------------------ report
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--frames", type=int, default=48, help="frames of each clip (default 48)")
+    ap.add_argument("--clips", nargs="+", default=CLIPS)
+    ap.add_argument("--skip-maskrcnn", action="store_true", help="yolox_nano only (quick)")
+    ap.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "edgeguard-bench")
+    ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "latest.md")
+    args = ap.parse_args(argv)
+    cv2.setNumThreads(0)
+    args.cache.mkdir(parents=True, exist_ok=True)
+    standin, models_dir, cut = prepare(args.cache, args.clips, args.frames)
+    os.environ["EDGEGUARD_MODELS_DIR"] = str(models_dir)
+    out = args.cache / "out"
+    out.mkdir(exist_ok=True)
+
+    yolox_cfgs = {name: load_config(None, ["detector.model=yolox_nano", *o]) for name, o in {**PROFILES, **YOLOX_ONLY}.items()}
+    yolox_engines = {name: Engine(c) for name, c in yolox_cfgs.items()}
+    yolox_seed_cfg = load_config(None, ["detector.model=yolox_nano"])
+    yolox_seed_det = create_detector(yolox_seed_cfg)
+    mr_cfgs = {} if args.skip_maskrcnn else {name: load_config(None, [*standin_set(standin), *o]) for name, o in PROFILES.items()}
+    mr_engines = {name: Engine(c) for name, c in mr_cfgs.items()}
+    mr_seed_cfg = None if args.skip_maskrcnn else load_config(None, standin_set(standin))
+    mr_seed_det = create_detector(mr_seed_cfg) if mr_seed_cfg else None
+
+    rows: list[dict[str, object]] = []
+    for clip, src in cut.items():
+        with video_io.VideoReader(src, max_pixels=1 << 28) as r:
+            shape = (r.info.height, r.info.width)
+        print(f"== {clip} ({shape[1]}x{shape[0]}, {args.frames} frames)", flush=True)
+        ref = run_seed(yolox_seed_cfg, yolox_seed_det, "yolox-seed", clip, src, out, True)
+        rows.append(_row("yolox_nano", ref, ref, None))
+        for name, engine in yolox_engines.items():
+            run = run_engine(engine, f"yolox-{name}", clip, src, out, True)
+            rows.append(_row("yolox_nano", run, ref, coverage(ref, run, shape)))
+            print(f"   yolox {name}: {run.frames / run.seconds:.1f} fps", flush=True)
+        if mr_seed_det is not None and mr_seed_cfg is not None:
+            seed = run_seed(mr_seed_cfg, mr_seed_det, "seed", clip, src, out, False)
+            rows.append(_row("mask_rcnn (stand-in)", seed, seed, None))
+            print(f"   mask_rcnn seed: {seed.frames / seed.seconds:.2f} fps", flush=True)
+            for name, engine in mr_engines.items():
+                run = run_engine(engine, name, clip, src, out, False)
+                rows.append(_row("mask_rcnn (stand-in)", run, seed, None))
+                print(f"   mask_rcnn {name}: {run.frames / run.seconds:.2f} fps ({run.frames * seed.seconds / seed.frames / run.seconds:.1f}x)", flush=True)
+    # Coverage of a profile is the same for both models: it is measured with yolox_nano.
+    cov = {(r["clip"], r["profile"]): r for r in rows if r["model"] == "yolox_nano"}
+    for r in rows:
+        if r["model"] != "yolox_nano" and r["profile"] != "seed":
+            twin = cov.get((r["clip"], r["profile"]))
+            if twin:
+                for k in ("coverage", "worst", "under_half"):
+                    r[k] = twin[k]
+
+    mem = memory_check(models_dir, cut[args.clips[-1]], args.cache, args.frames)
+    img_full, img_pure = images_rate(yolox_cfgs["default"], out)
+    report = render(rows, args, mem, (img_full, img_pure))
+    print(report)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(report, encoding="utf-8")
+    args.out.with_suffix(".json").write_text(json.dumps(rows, indent=1, default=float), encoding="utf-8")
+    return 0
+
+
+def _row(model: str, run: Run, base: Run, cov: dict[str, float] | None) -> dict[str, object]:
+    fps = run.frames / run.seconds
+    base_fps = base.frames / base.seconds
+    name = run.config.removeprefix("yolox-")
+    return {
+        "model": model, "profile": name, "clip": run.clip, "frames": run.frames, "fps": fps,
+        "ratio": fps / base_fps, "rss_mb": run.rss / 2**20, "keyframes": run.keyframes / run.frames,
+        **{f"t_{k}": v / run.frames for k, v in run.stages.items()},
+        **(cov or {"coverage": None, "worst": None, "under_half": None}),
+    }
+
+
+def render(rows: list[dict[str, object]], args: argparse.Namespace, mem: tuple[int, int, int, int],
+           images: tuple[float, float]) -> str:
+    def pct(v: object) -> str:
+        return "—" if v is None else f"{100 * float(v):.2f}%"  # type: ignore[arg-type]
+
+    lines = [
+        f"Command: `make bench` (= `python -m bench.run --frames {args.frames}`), {os.cpu_count()} cores, "
+        f"OpenCV {cv2.__version__}. Ratio = fps / the same model's every-frame sequential loop on the same clip, "
+        "same run. Coverage = share of the every-frame loop's hidden pixels that the profile hides too, "
+        "measured with yolox_nano (the stand-in Mask R-CNN has no real accuracy); worst = worst single frame; "
+        "<½ = instances the loop hid that the profile hid less than half of. Stage times are ms per frame "
+        "(busy time of each thread; they overlap).",
+        "",
+        "| model | profile | clip | fps | ratio | keyframes | coverage | worst | <½ | decode | infer | plan | protect | encode | idle | peak RSS |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        ms = [f"{1000 * float(r.get('t_' + k, 0.0) or 0.0):.0f}" for k in ("decode", "inference", "planning", "protection", "encode", "idle")]  # type: ignore[arg-type]
+        lines.append(
+            f"| {r['model']} | {r['profile']} | {r['clip']} | {float(r['fps']):.2f} | {float(r['ratio']):.1f}x | "  # type: ignore[arg-type]
+            f"{pct(r['keyframes'])} | {pct(r['coverage'])} | {pct(r['worst'])} | "
+            f"{'—' if r['under_half'] is None else r['under_half']} | {' | '.join(ms)} | {float(r['rss_mb']):.0f} MB |"  # type: ignore[arg-type]
+        )
+    n1, rss1, n10, rss10 = mem
+    lines += [
+        "",
+        f"Memory (fresh processes, yolox_nano default): {n1} frames peak {rss1 / 2**20:.0f} MB; "
+        f"{n10} frames peak {rss10 / 2**20:.0f} MB ({100 * (rss10 - rss1) / rss1:+.1f}%).",
+        f"Images through the engine with the model loaded once (yolox_nano): {images[0]:.1f} images/s; "
+        f"bare inference on the same images: {images[1]:.1f} images/s ({100 * images[0] / images[1]:.0f}%).",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
