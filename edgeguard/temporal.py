@@ -101,14 +101,14 @@ class Planner(Generic[T]):
         # Shrink by a small-scale pixel so resizing never widens what the check ignores.
         trusted = cv2.erode(trusted, np.ones((3, 3), np.uint8))
         # Follow the camera with corners on the background only: people move on their own.
-        corners = cv2.goodFeaturesToTrack(small, 300, 0.01, 6, mask=cv2.bitwise_not(trusted))
+        corners = cv2.goodFeaturesToTrack(small, 160, 0.01, 8, mask=cv2.bitwise_not(trusted))
         return Key(index, det, mask, small, trusted, corners)
 
     def camera(self, key: Key, small: npt.NDArray[np.uint8]) -> Affine | None:
         """Camera motion from `key` to this frame (small scale), or None if it cannot be told."""
         if key.corners is None or len(key.corners) < MIN_TRACKS:
             return IDENTITY  # a bare scene: nothing to follow, compare as if still
-        moved, status, _ = cv2.calcOpticalFlowPyrLK(key.small, small, key.corners, None, winSize=(21, 21), maxLevel=3)
+        moved, status, _ = cv2.calcOpticalFlowPyrLK(key.small, small, key.corners, None, winSize=(15, 15), maxLevel=2)
         ok = status.reshape(-1) == 1
         if ok.sum() < MIN_TRACKS:
             return None
@@ -141,19 +141,23 @@ class Planner(Generic[T]):
 
     def carry(self, a: Key, b: Key, a_to_b: Affine, a_to_t: Affine, full: tuple[int, int]) -> Mask:
         """What a frame between keyframes `a` and `b` hides, in that frame's coordinates."""
+        return self._segment(a, b, a_to_b, full).at(a_to_t)
+
+    def _segment(self, a: Key, b: Key, a_to_b: Affine, full: tuple[int, int]) -> _Segment:
         w, h = full
-        s = (w / a.small.shape[1], h / a.small.shape[0])
-        if a_to_b is IDENTITY and a_to_t is IDENTITY:
+        scale = (w / a.small.shape[1], h / a.small.shape[0])
+        if a_to_b is IDENTITY:
             mask = cv2.bitwise_or(a.mask, b.mask)
             for hull in swept_hulls(a.det, b.det, IDENTITY):
                 cv2.fillConvexPoly(mask, hull, 255)
-            return grow(mask, self.cfg.grow)
-        # Bring b into a's coordinates, join there, then move everything to this frame.
+            return _Segment(grow(mask, self.cfg.grow), None, IDENTITY, scale)
+        # Join in a's coordinates (b moved back by the camera motion, plus the swept path);
+        # b's own area also travels separately so none of it is lost past a's borders.
         b_to_a = cv2.invertAffineTransform(a_to_b)
-        mask = cv2.bitwise_or(a.mask, _warp(b.mask, b_to_a, s))
-        for hull in swept_hulls(a.det, b.det, _scaled(b_to_a, s)):
+        mask = cv2.bitwise_or(a.mask, _warp(b.mask, b_to_a, scale))
+        for hull in swept_hulls(a.det, b.det, _scaled(b_to_a, scale)):
             cv2.fillConvexPoly(mask, hull, 255)
-        return grow(_warp(mask, a_to_t, s), self.cfg.grow)
+        return _Segment(grow(mask, self.cfg.grow), grow(b.mask, self.cfg.grow), b_to_a, scale)
 
     def run(self, frames: Iterator[tuple[T, Image]]) -> Iterator[Planned[T]]:
         """Every frame once, in order, with the mask it must hide."""
@@ -229,17 +233,38 @@ class Planner(Generic[T]):
     ) -> Iterator[Planned[T]]:
         if not pending:
             return
-        still = all(t is IDENTITY for _, t in pending)
-        a_to_b = IDENTITY if still else self.camera(a, b_small)
+        a_to_b = self.camera(a, b_small)
         if a_to_b is None:
-            # The camera moved too far to relate the keyframes: carry each alone, grown (still
-            # at least as much as either keyframe hides, as each mask is moved with its frame).
+            # Too far to track from a; b directly follows the last carried frame, whose motion is known.
             a_to_b = pending[-1][1]
-        shared = self.carry(a, b, a_to_b, IDENTITY, full) if still else None
+        segment = self._segment(a, b, a_to_b, full)
         for item, a_to_t in pending:
-            mask = shared if shared is not None else self.carry(a, b, a_to_b, a_to_t, full)
-            yield Planned(item, mask, None, "carried")
+            yield Planned(item, segment.at(a_to_t), None, "carried")
         pending.clear()
+
+
+@dataclass(frozen=True)
+class _Segment:
+    """The carried area of one keyframe interval, placed on each frame by its camera motion."""
+
+    in_a: Mask  # a's and b's areas and the swept paths, grown, in a's coordinates
+    b_only: Mask | None  # b's area grown, in b's coordinates (None: camera still)
+    b_to_a: Affine
+    scale: tuple[float, float]
+
+    def at(self, a_to_t: Affine) -> Mask:
+        if a_to_t is IDENTITY and self.b_only is None:
+            return self.in_a
+        mask = self.in_a if a_to_t is IDENTITY else _warp(self.in_a, a_to_t, self.scale)
+        if self.b_only is not None:
+            mask = cv2.bitwise_or(mask, _warp(self.b_only, _compose(a_to_t, self.b_to_a), self.scale))
+        return mask
+
+
+def _compose(outer: Affine, inner: Affine) -> Affine:
+    """outer(inner(x)) for 2x3 affine transforms."""
+    m = np.vstack([outer, [0.0, 0.0, 1.0]]) @ np.vstack([inner, [0.0, 0.0, 1.0]])
+    return m[:2]
 
 
 def _scaled(affine: Affine, s: tuple[float, float]) -> Affine:
