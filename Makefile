@@ -31,12 +31,9 @@ $(VENV)/.installed: pyproject.toml
 setup: $(VENV)/.installed
 
 run: setup
-	$(BIN)/edgeguard -c $(CONFIG) check-config
+	$(BIN)/edgeguard check-config -c $(CONFIG) --set detector.model=$(MODEL)
 	$(BIN)/edgeguard models fetch -c $(CONFIG) --set detector.model=$(MODEL)
-	mkdir -p nextbatchRun output
-	@shopt -s nullglob; files=(nextbatchRun/*); \
-	if [ $${#files[@]} -eq 0 ]; then echo "nextbatchRun/ is empty: nothing to protect"; \
-	else $(BIN)/edgeguard protect -c $(CONFIG) --set detector.model=$(MODEL) --out-dir output "$${files[@]}"; fi
+	$(BIN)/edgeguard run -c $(CONFIG) --set detector.model=$(MODEL)
 
 lint: setup
 	$(BIN)/ruff check edgeguard tests bench
@@ -52,6 +49,9 @@ test: lint typecheck unit
 
 bench: setup
 	$(BIN)/python -m bench.run
+
+install:
+	$(SUDO) systemd/install.sh
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

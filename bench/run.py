@@ -14,13 +14,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -111,16 +109,21 @@ class Recorder:
         self.boxes.append(det.boxes.copy() if det is not None else np.zeros((0, 4), np.int32))
 
 
-def seed_loop(cfg: Config, detector: Detector, src: Path, dst: Path, observe: Recorder | None) -> tuple[int, dict[str, float]]:
+def seed_loop(
+    cfg: Config, detector: Detector, src: Path, dst: Path, observe: Recorder | None
+) -> tuple[int, dict[str, float]]:
     """The seed's algorithm: every frame, full size, one step after another."""
     t = dict.fromkeys(["decode", "inference", "protection", "encode"], 0.0)
     n = 0
     c = cfg.protect
     detector.want_masks = c.shape == "mask"
     shape = c.shape if detector.has_masks else "box"
-    with video_io.VideoReader(src, max_pixels=cfg.media.max_pixels) as reader, video_io.VideoWriter(
-        dst, reader.info, source=src, crf=cfg.video.crf, preset=cfg.video.preset, audio=cfg.video.audio
-    ) as writer:
+    with (
+        video_io.VideoReader(src, max_pixels=cfg.media.max_pixels) as reader,
+        video_io.VideoWriter(
+            dst, reader.info, source=src, crf=cfg.video.crf, preset=cfg.video.preset, audio=cfg.video.audio
+        ) as writer,
+    ):
         frames = reader.frames()
         while True:
             t0 = time.perf_counter()
@@ -181,8 +184,11 @@ def prepare(cache: Path, clips: list[str], frames: int) -> tuple[Path, Path, dic
     standin.mkdir(parents=True, exist_ok=True)
     ensure_standin(pbtxt, standin)
     models_dir = cache / "models"
-    models.fetch(models.find_manifest("yolox_nano", [models.builtin_manifest_dir()]), models_dir,
-                 source=SHARED / "models" / "candidates")
+    models.fetch(
+        models.find_manifest("yolox_nano", [models.builtin_manifest_dir()]),
+        models_dir,
+        source=SHARED / "models" / "candidates",
+    )
     cut: dict[str, Path] = {}
     for clip in clips:
         dst = cache / f"{Path(clip).stem}-{frames}.mp4"
@@ -195,9 +201,10 @@ def prepare(cache: Path, clips: list[str], frames: int) -> tuple[Path, Path, dic
 def trim(src: Path, dst: Path, frames: int) -> None:
     """The first `frames` frames, re-encoded near-losslessly (crf 12) so every run decodes the same."""
     tmp = dst.with_suffix(".tmp.mp4")
-    with video_io.VideoReader(src, max_pixels=1 << 28) as r, video_io.VideoWriter(
-        tmp, r.info, source=None, crf=12, preset="veryfast", audio="strip"
-    ) as w:
+    with (
+        video_io.VideoReader(src, max_pixels=1 << 28) as r,
+        video_io.VideoWriter(tmp, r.info, source=None, crf=12, preset="veryfast", audio="strip") as w,
+    ):
         for f in r.frames():
             if f.index >= frames:
                 break
@@ -223,10 +230,25 @@ def run_engine(engine: Engine, name: str, clip: str, src: Path, out: Path, recor
         result = engine.protect_file(src, out / f"{name}.mp4", observe=rec)
         seconds = time.perf_counter() - t0
     s = result.stats
-    stages = {"decode": s.decode, "inference": s.inference, "planning": s.planning,
-              "protection": s.protection, "encode": s.encode, "idle": s.idle}
-    return Run(name, clip, result.frames, seconds, rss.peak, stages, s.keyframes,
-               rec.masks if rec else [], rec.boxes if rec else [])
+    stages = {
+        "decode": s.decode,
+        "inference": s.inference,
+        "planning": s.planning,
+        "protection": s.protection,
+        "encode": s.encode,
+        "idle": s.idle,
+    }
+    return Run(
+        name,
+        clip,
+        result.frames,
+        seconds,
+        rss.peak,
+        stages,
+        s.keyframes,
+        rec.masks if rec else [],
+        rec.boxes if rec else [],
+    )
 
 
 def run_seed(cfg: Config, detector: Detector, name: str, clip: str, src: Path, out: Path, record: bool) -> Run:
@@ -242,11 +264,6 @@ def memory_check(models_dir: Path, clip: Path, cache: Path, frames: int) -> tupl
     """Peak RSS of fresh processes protecting a clip and one 10x longer (yolox_nano, default)."""
     long_clip = cache / f"{clip.stem}-x10.mp4"
     if not long_clip.exists():
-        with video_io.VideoReader(clip, max_pixels=1 << 28) as r, video_io.VideoWriter(
-            long_clip.with_suffix(".tmp.mp4"), r.info, source=None, crf=12, preset="veryfast", audio="strip"
-        ) as w:
-            pass
-        long_clip.with_suffix(".tmp.mp4").unlink()
         concat(clip, long_clip, 10)
     out = []
     for src in (clip, long_clip):
@@ -276,7 +293,7 @@ def concat(src: Path, dst: Path, times: int) -> None:
             last = 0
             with video_io.VideoReader(src, max_pixels=1 << 28) as r:
                 for f in r.frames():
-                    pts = (f.pts or 0)
+                    pts = f.pts or 0
                     if step is None and pts:
                         step = pts
                     w.write(video_io.Frame(f.index, offset + pts, f.image), f.image)
@@ -310,21 +327,37 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--frames", type=int, default=48, help="frames of each clip (default 48)")
     ap.add_argument("--clips", nargs="+", default=CLIPS)
     ap.add_argument("--skip-maskrcnn", action="store_true", help="yolox_nano only (quick)")
+    ap.add_argument(
+        "--profile",
+        action="append",
+        default=[],
+        metavar="NAME=KEY=VALUE[,KEY=VALUE]",
+        help="an extra profile to try, e.g. coarse=temporal.motion_min_area=0.004",
+    )
     ap.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "edgeguard-bench")
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "latest.md")
     args = ap.parse_args(argv)
     cv2.setNumThreads(0)
+    for spec in args.profile:
+        name, _, sets = spec.partition("=")
+        PROFILES[name] = sets.split(",")
     args.cache.mkdir(parents=True, exist_ok=True)
     standin, models_dir, cut = prepare(args.cache, args.clips, args.frames)
     os.environ["EDGEGUARD_MODELS_DIR"] = str(models_dir)
     out = args.cache / "out"
     out.mkdir(exist_ok=True)
 
-    yolox_cfgs = {name: load_config(None, ["detector.model=yolox_nano", *o]) for name, o in {**PROFILES, **YOLOX_ONLY}.items()}
+    yolox_cfgs = {
+        name: load_config(None, ["detector.model=yolox_nano", *o]) for name, o in {**PROFILES, **YOLOX_ONLY}.items()
+    }
     yolox_engines = {name: Engine(c) for name, c in yolox_cfgs.items()}
     yolox_seed_cfg = load_config(None, ["detector.model=yolox_nano"])
     yolox_seed_det = create_detector(yolox_seed_cfg)
-    mr_cfgs = {} if args.skip_maskrcnn else {name: load_config(None, [*standin_set(standin), *o]) for name, o in PROFILES.items()}
+    mr_cfgs = (
+        {}
+        if args.skip_maskrcnn
+        else {name: load_config(None, [*standin_set(standin), *o]) for name, o in PROFILES.items()}
+    )
     mr_engines = {name: Engine(c) for name, c in mr_cfgs.items()}
     mr_seed_cfg = None if args.skip_maskrcnn else load_config(None, standin_set(standin))
     mr_seed_det = create_detector(mr_seed_cfg) if mr_seed_cfg else None
@@ -347,7 +380,8 @@ def main(argv: list[str] | None = None) -> int:
             for name, engine in mr_engines.items():
                 run = run_engine(engine, name, clip, src, out, False)
                 rows.append(_row("mask_rcnn (stand-in)", run, seed, None))
-                print(f"   mask_rcnn {name}: {run.frames / run.seconds:.2f} fps ({run.frames * seed.seconds / seed.frames / run.seconds:.1f}x)", flush=True)
+                ratio = (run.frames / run.seconds) / (seed.frames / seed.seconds)
+                print(f"   mask_rcnn {name}: {run.frames / run.seconds:.2f} fps ({ratio:.1f}x)", flush=True)
     # Coverage of a profile is the same for both models: it is measured with yolox_nano.
     cov = {(r["clip"], r["profile"]): r for r in rows if r["model"] == "yolox_nano"}
     for r in rows:
@@ -372,15 +406,22 @@ def _row(model: str, run: Run, base: Run, cov: dict[str, float] | None) -> dict[
     base_fps = base.frames / base.seconds
     name = run.config.removeprefix("yolox-")
     return {
-        "model": model, "profile": name, "clip": run.clip, "frames": run.frames, "fps": fps,
-        "ratio": fps / base_fps, "rss_mb": run.rss / 2**20, "keyframes": run.keyframes / run.frames,
+        "model": model,
+        "profile": name,
+        "clip": run.clip,
+        "frames": run.frames,
+        "fps": fps,
+        "ratio": fps / base_fps,
+        "rss_mb": run.rss / 2**20,
+        "keyframes": run.keyframes / run.frames,
         **{f"t_{k}": v / run.frames for k, v in run.stages.items()},
         **(cov or {"coverage": None, "worst": None, "under_half": None}),
     }
 
 
-def render(rows: list[dict[str, object]], args: argparse.Namespace, mem: tuple[int, int, int, int],
-           images: tuple[float, float]) -> str:
+def render(
+    rows: list[dict[str, object]], args: argparse.Namespace, mem: tuple[int, int, int, int], images: tuple[float, float]
+) -> str:
     def pct(v: object) -> str:
         return "—" if v is None else f"{100 * float(v):.2f}%"  # type: ignore[arg-type]
 
@@ -392,11 +433,15 @@ def render(rows: list[dict[str, object]], args: argparse.Namespace, mem: tuple[i
         "<½ = instances the loop hid that the profile hid less than half of. Stage times are ms per frame "
         "(busy time of each thread; they overlap).",
         "",
-        "| model | profile | clip | fps | ratio | keyframes | coverage | worst | <½ | decode | infer | plan | protect | encode | idle | peak RSS |",
+        "| model | profile | clip | fps | ratio | keyframes | coverage | worst | <½ "
+        "| decode | infer | plan | protect | encode | idle | peak RSS |",
         "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
-        ms = [f"{1000 * float(r.get('t_' + k, 0.0) or 0.0):.0f}" for k in ("decode", "inference", "planning", "protection", "encode", "idle")]  # type: ignore[arg-type]
+        ms = [
+            f"{1000 * float(r.get('t_' + k, 0.0) or 0.0):.0f}"
+            for k in ("decode", "inference", "planning", "protection", "encode", "idle")
+        ]  # type: ignore[arg-type]
         lines.append(
             f"| {r['model']} | {r['profile']} | {r['clip']} | {float(r['fps']):.2f} | {float(r['ratio']):.1f}x | "  # type: ignore[arg-type]
             f"{pct(r['keyframes'])} | {pct(r['coverage'])} | {pct(r['worst'])} | "

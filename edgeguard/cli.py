@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import json
 import logging
 import os
@@ -26,9 +27,17 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-c", "--config", type=Path, help=f"YAML config (default: ${DEFAULT_CONFIG_ENV} or built-in defaults)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override one dotted key with a YAML value, e.g. protect.style=fill")
+    p.add_argument(
+        "-c", "--config", type=Path, help=f"YAML config (default: ${DEFAULT_CONFIG_ENV} or built-in defaults)"
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one dotted key with a YAML value, e.g. protect.style=fill",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -154,8 +163,9 @@ def _cmd_protect(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(result.as_dict()), flush=True)
         else:
-            log.info("%s -> %s: %d frames, %d detections, %.1f fps",
-                     src, dst, result.frames, result.detections, result.fps)
+            log.info(
+                "%s -> %s: %d frames, %d detections, %.1f fps", src, dst, result.frames, result.detections, result.fps
+            )
     return ExitCode.FAILED if failed else ExitCode.OK
 
 
@@ -181,7 +191,9 @@ def _cmd_models(args: argparse.Namespace) -> int:
             mark = "*" if name == cfg.detector.model else " "
             print(f"{mark} {name:32} {m.backend:9} {state:12} {m.description}")
         return ExitCode.OK
-    source = args.source or (Path(os.environ["EDGEGUARD_MODEL_SOURCE"]) if os.environ.get("EDGEGUARD_MODEL_SOURCE") else None)
+    source = args.source or (
+        Path(os.environ["EDGEGUARD_MODEL_SOURCE"]) if os.environ.get("EDGEGUARD_MODEL_SOURCE") else None
+    )
     for name in args.names or [cfg.detector.model]:
         paths = models.fetch(models.find_manifest(name, dirs), cfg.models_dir(), source=source)
         for path in paths:
@@ -195,6 +207,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     cfg = _load(args)  # fail fast on a bad config, before any model loads
     logs.setup(cfg.logging.level, verbose=args.verbose)
+    # A watchdog SIGABRT then leaves every thread's stack in the journal.
+    faulthandler.enable()
     path = args.config
     if path is None and os.environ.get(DEFAULT_CONFIG_ENV):
         path = Path(os.environ[DEFAULT_CONFIG_ENV])

@@ -79,9 +79,9 @@ class ProtectConfig(Section):
 
 class VideoConfig(Section):
     crf: Annotated[int, Field(ge=0, le=51)] = 23
-    preset: Literal[
-        "ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow"
-    ] = "veryfast"
+    preset: Literal["ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow"] = (
+        "veryfast"
+    )
     audio: Literal["keep", "strip"] = "keep"
     keep_metadata: bool = False
 

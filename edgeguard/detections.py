@@ -28,7 +28,9 @@ class Detections:
     def __post_init__(self) -> None:
         n = len(self.classes)
         if self.boxes.shape != (n, 4) or self.scores.shape != (n,):
-            raise ValueError(f"inconsistent detections: boxes {self.boxes.shape}, scores {self.scores.shape}, {n} classes")
+            raise ValueError(
+                f"inconsistent detections: boxes {self.boxes.shape}, scores {self.scores.shape}, {n} classes"
+            )
         if self.masks is not None:
             if len(self.masks) != n:
                 raise ValueError(f"{len(self.masks)} masks for {n} instances")
@@ -42,9 +44,7 @@ class Detections:
 
     @classmethod
     def empty(cls, frame_size: tuple[int, int]) -> Detections:
-        return cls(
-            np.zeros((0, 4), np.int32), np.zeros((0,), np.float32), (), None, frame_size
-        )
+        return cls(np.zeros((0, 4), np.int32), np.zeros((0,), np.float32), (), None, frame_size)
 
     def merged(self, other: Detections) -> Detections:
         """Both sets together; masks survive only when both sides have them."""

@@ -82,8 +82,10 @@ def _why_not(name: str) -> str | None:
         dev = cv2.ocl.Device.getDefault()
         allow_all = os.environ.get("OPENCV_DNN_OPENCL_ALLOW_ALL_DEVICES", "0") not in ("", "0")
         if dev.type() != cv2.ocl.Device_TYPE_GPU and not allow_all:
-            return (f"OpenCL device {dev.name()!r} is not a GPU and OpenCV would use the CPU instead"
-                    " (set OPENCV_DNN_OPENCL_ALLOW_ALL_DEVICES=1 to allow it)")
+            return (
+                f"OpenCL device {dev.name()!r} is not a GPU and OpenCV would use the CPU instead"
+                " (set OPENCV_DNN_OPENCL_ALLOW_ALL_DEVICES=1 to allow it)"
+            )
         if name == "opencl_fp16" and not dev.isExtensionSupported("cl_khr_fp16"):
             return f"OpenCL device {dev.name()!r} lacks cl_khr_fp16"
     return None
@@ -98,10 +100,10 @@ def probe(name: str) -> TargetReport:
     backend, target = TARGETS[name]
     x = np.random.default_rng(0).random((1, 3, 32, 32), dtype=np.float32) - 0.5
     try:
-        ref_net = cv2.dnn.readNetFromCaffe(bytearray(_PROBE_NET))
+        ref_net = cv2.dnn.readNetFromCaffe(np.frombuffer(_PROBE_NET, np.uint8))
         ref_net.setInput(x)
         ref = ref_net.forward()
-        net = cv2.dnn.readNetFromCaffe(bytearray(_PROBE_NET))
+        net = cv2.dnn.readNetFromCaffe(np.frombuffer(_PROBE_NET, np.uint8))
         net.setPreferableBackend(backend)
         net.setPreferableTarget(target)
         with _captured_stderr() as err:

@@ -17,12 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from edgeguard.config import Config
-from edgeguard.detectors import Detector, create_detector
+from edgeguard.detections import Detections
+from edgeguard.detectors import create_detector
+from edgeguard.detectors.base import Detector
 from edgeguard.errors import Cancelled, EdgeguardError, FileError, InputError
 from edgeguard.media import image as image_io
 from edgeguard.media import media_kind
 from edgeguard.media import video as video_io
-from edgeguard.detections import Detections
 from edgeguard.protection import Mask, hide, rasterize
 from edgeguard.stages import Consumer, Producer
 from edgeguard.temporal import Image, Planned, Planner
@@ -61,7 +62,7 @@ class Result:
     model: str
     target: str
     keyframes: int
-    stats: Stats = field(default_factory=lambda: Stats(), repr=False)
+    stats: Stats = field(default_factory=Stats, repr=False)
 
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -86,6 +87,7 @@ class Engine:
     def __init__(self, cfg: Config, detector: Detector | None = None) -> None:
         self.cfg = cfg
         self.detector = detector if detector is not None else create_detector(cfg)
+        self.detector.want_masks = cfg.protect.shape == "mask"
 
     def protect_file(
         self,
@@ -115,9 +117,17 @@ class Engine:
             raise
         seconds = time.monotonic() - started
         return Result(
-            str(src), str(dst), kind, frames, found, round(seconds, 3),
+            str(src),
+            str(dst),
+            kind,
+            frames,
+            found,
+            round(seconds, 3),
             round(frames / seconds, 3) if seconds > 0 else 0.0,
-            self.detector.model_name, self.detector.target, stats.keyframes, stats,
+            self.detector.model_name,
+            self.detector.target,
+            stats.keyframes,
+            stats,
         )
 
     def _image(self, src: Path, tmp: Path, observe: Observer | None) -> tuple[int, int]:
@@ -132,7 +142,11 @@ class Engine:
         return 1, found
 
     def _video(
-        self, src: Path, tmp: Path, progress: Progress | None, cancel: threading.Event | None,
+        self,
+        src: Path,
+        tmp: Path,
+        progress: Progress | None,
+        cancel: threading.Event | None,
         observe: Observer | None = None,
     ) -> tuple[int, int, Stats]:
         """Decode, plan and detect, hide and encode in three overlapping threads."""
@@ -152,7 +166,12 @@ class Engine:
         with video_io.VideoReader(src, max_pixels=self.cfg.media.max_pixels) as reader:
             total = reader.info.frames
             with video_io.VideoWriter(
-                tmp, reader.info, source=src, crf=v.crf, preset=v.preset, audio=v.audio,
+                tmp,
+                reader.info,
+                source=src,
+                crf=v.crf,
+                preset=v.preset,
+                audio=v.audio,
                 keep_metadata=v.keep_metadata,
             ) as writer:
 
@@ -202,8 +221,9 @@ class Engine:
             return self.detector.detect(img)
         except EdgeguardError:
             raise
-        except Exception as exc:  # noqa: BLE001 - any analysis fault fails the file closed
+        except Exception as exc:
             raise FileError(src, f"detection failed: {exc}", stage="detect") from exc
+
 
 def _fsync(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from types import TracebackType
+from typing import Never
 
 from tqdm import tqdm
 
@@ -11,7 +12,7 @@ from tqdm import tqdm
 class ProgressBar:
     def __init__(self, label: str) -> None:
         self._label = label
-        self._bar: tqdm[None] | None = None
+        self._bar: tqdm[Never] | None = None
         self._done = 0
 
     def __enter__(self) -> ProgressBar:
@@ -22,7 +23,8 @@ class ProgressBar:
             if not sys.stderr.isatty():
                 return
             self._bar = tqdm(total=total, desc=self._label, unit="frame", file=sys.stderr, leave=False)
-        self._bar.update(done - self._done)
+        if self._bar is not None:
+            self._bar.update(done - self._done)
         self._done = done
 
     def __exit__(self, *exc: tuple[type[BaseException] | None, BaseException | None, TracebackType | None]) -> None:

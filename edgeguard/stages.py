@@ -6,6 +6,7 @@ any stage reaches the caller, and `close()` always stops and joins the thread.
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 import time
@@ -82,7 +83,7 @@ class Producer(_Stage, Generic[T]):
             except queue.Empty:
                 if self.thread is not None and not self.thread.is_alive() and self.q.empty():
                     if self.error is not None:
-                        raise self.error
+                        raise self.error from None
                     return
                 continue
             if item is _END:
@@ -129,10 +130,8 @@ class Consumer(_Stage, Generic[T]):
     def finish(self) -> None:
         """Wait until every item is handled; re-raise the sink's error."""
         if self.error is None:
-            try:
+            with contextlib.suppress(Stopped):
                 self._put(_END)
-            except Stopped:
-                pass
         assert self.thread is not None
         self.thread.join()
         if self.error is not None:

@@ -81,13 +81,15 @@ class Planner(Generic[T]):
         self.busy = 0.0  # seconds in the motion check and carry-over (not detection)
         self._detect_time = 0.0
         self.waited = 0.0  # seconds waiting for decoded frames (idle)
+        self.full_width = MOTION_WIDTH
 
     def _small(self, image: Image) -> npt.NDArray[np.uint8]:
         h, w = image.shape[:2]
+        self.full_width = w
         sw = min(MOTION_WIDTH, w)
         sh = max(1, round(h * sw / w))
         grey = cv2.cvtColor(cv2.resize(image[:, :, :3], (sw, sh), interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2GRAY)
-        return cv2.GaussianBlur(grey, (5, 5), 0)
+        return np.asarray(cv2.GaussianBlur(grey, (5, 5), 0), np.uint8)
 
     def _key(self, index: int, image: Image, small: npt.NDArray[np.uint8]) -> Key:
         h, w = image.shape[:2]
@@ -131,13 +133,18 @@ class Planner(Generic[T]):
             trusted = cv2.warpAffine(key.trusted, affine, size, flags=cv2.INTER_NEAREST, borderValue=0)
             unseen = cv2.warpAffine(np.full_like(key.small, 255), affine, size, flags=cv2.INTER_NEAREST) == 0
         changed = (cv2.absdiff(small, ref) > self.cfg.motion_threshold) & (trusted == 0)
-        if unseen is not None:
-            changed |= unseen  # scenery that came into view since the keyframe counts as change
         # Opening drops one-pixel seams (misregistration, compression); a person is a solid blob.
         blobs = cv2.morphologyEx(changed.astype(np.uint8), cv2.MORPH_OPEN, _OPEN)
+        if unseen is not None:
+            # Scenery that came into view counts as change once the strip is wider than the
+            # margin carried areas get: anything narrower lies within the next keyframe's
+            # (edge-clipped) boxes grown by that margin.
+            k = max(3, 2 * round(self.cfg.grow * small.shape[1] / self.full_width) + 1)
+            wide = cv2.morphologyEx(unseen.astype(np.uint8), cv2.MORPH_OPEN, np.ones((k, k), np.uint8))
+            blobs |= wide
         n, _, stats, _ = cv2.connectedComponentsWithStats(blobs, connectivity=8)
         largest = int(stats[1:, cv2.CC_STAT_AREA].max()) if n > 1 else 0
-        return largest > self.cfg.motion_min_area * blobs.size
+        return bool(largest > self.cfg.motion_min_area * blobs.size)
 
     def carry(self, a: Key, b: Key, a_to_b: Affine, a_to_t: Affine, full: tuple[int, int]) -> Mask:
         """What a frame between keyframes `a` and `b` hides, in that frame's coordinates."""
@@ -263,7 +270,7 @@ class _Segment:
 
 def _compose(outer: Affine, inner: Affine) -> Affine:
     """outer(inner(x)) for 2x3 affine transforms."""
-    m = np.vstack([outer, [0.0, 0.0, 1.0]]) @ np.vstack([inner, [0.0, 0.0, 1.0]])
+    m: Affine = np.vstack([outer, [0.0, 0.0, 1.0]]) @ np.vstack([inner, [0.0, 0.0, 1.0]])
     return m[:2]
 
 
@@ -280,7 +287,9 @@ def _scaled(affine: Affine, s: tuple[float, float]) -> Affine:
 
 def _warp(mask: Mask, affine: Affine, s: tuple[float, float]) -> Mask:
     h, w = mask.shape
-    return cv2.warpAffine(mask, _scaled(affine, s), (w, h), flags=cv2.INTER_NEAREST, borderValue=0)
+    return np.asarray(
+        cv2.warpAffine(mask, _scaled(affine, s), (w, h), flags=cv2.INTER_NEAREST, borderValue=0), np.uint8
+    )
 
 
 def swept_hulls(a: Detections, b: Detections, b_to_a: Affine) -> list[npt.NDArray[np.int32]]:

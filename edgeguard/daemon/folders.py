@@ -58,8 +58,11 @@ def prepare(paths: PathsConfig) -> Folders:
     for key in ("failed", "quarantine", "processed"):
         path = getattr(folders, key)
         if path.stat().st_dev != work_dev:
-            log.warning("paths.%s (%s) is on another filesystem than paths.work: originals are copied there, not renamed",
-                        key, path)
+            log.warning(
+                "paths.%s (%s) is on another filesystem than paths.work: originals are copied there, not renamed",
+                key,
+                path,
+            )
     return folders
 
 

@@ -87,8 +87,9 @@ class Jobs:
         assert job is not None
         work = Path(job.work_path)
         if job.attempts >= self.cfg.daemon.max_attempts:
-            return self._fail(job_id, work, f"gave up after {job.attempts} attempts that crashed or hung the daemon",
-                              "poison")
+            return self._fail(
+                job_id, work, f"gave up after {job.attempts} attempts that crashed or hung the daemon", "poison"
+            )
         try:
             digest = job.sha256 or sha256_of(work)
         except OSError as exc:
@@ -96,8 +97,13 @@ class Jobs:
         self.ledger.update(job_id, sha256=digest)
         earlier = self.ledger.done_with_hash(digest, job_id)
         if earlier is not None:
-            log.info("%s: same content as job %d (%s); not processed again", job.name, earlier.id, earlier.output,
-                     extra=_fields(job.name, job_id, "duplicate"))
+            log.info(
+                "%s: same content as job %d (%s); not processed again",
+                job.name,
+                earlier.id,
+                earlier.output,
+                extra=_fields(job.name, job_id, "duplicate"),
+            )
             self.ledger.update(job_id, output=earlier.output)
             self._dispose_original(job_id, work, job.name, L.DUPLICATE)
             return L.DUPLICATE
@@ -116,9 +122,15 @@ class Jobs:
         except EdgeguardError as exc:
             return self._fail(job_id, work, str(exc), "process")
         final = self._publish(job_id, result, job.name)
-        log.info("%s -> %s: %d frames, %d detections, %.1f s", job.name, final.name, result.frames,
-                 result.detections, result.seconds,
-                 extra=_fields(job.name, job_id, "done", seconds=result.seconds))
+        log.info(
+            "%s -> %s: %d frames, %d detections, %.1f s",
+            job.name,
+            final.name,
+            result.frames,
+            result.detections,
+            result.seconds,
+            extra=_fields(job.name, job_id, "done", seconds=result.seconds),
+        )
         self._dispose_original(job_id, work, job.name, L.DONE)
         return L.DONE
 
@@ -183,8 +195,7 @@ class Jobs:
         fsync_file(tmp)
         os.replace(tmp, err)
         fsync_dir(err.parent)
-        self.ledger.update(job_id, state=L.FAILED, stage=stage, reason=reason,
-                           final_path=str(final) if final else None)
+        self.ledger.update(job_id, state=L.FAILED, stage=stage, reason=reason, final_path=str(final) if final else None)
         log.error("%s failed at %s: %s", job.name, stage, reason, extra=_fields(job.name, job_id, "failed"))
         return L.FAILED
 
@@ -209,8 +220,13 @@ class Jobs:
             elif not work.exists():
                 self._fail_lost(job)
             elif job.state == L.PROCESSING:
-                log.warning("job %d (%s): interrupted during attempt %d; will retry", job.id, job.name, job.attempts,
-                            extra=_fields(job.name, job.id, "retry"))
+                log.warning(
+                    "job %d (%s): interrupted during attempt %d; will retry",
+                    job.id,
+                    job.name,
+                    job.attempts,
+                    extra=_fields(job.name, job.id, "retry"),
+                )
                 self.ledger.update(job.id, state=L.QUEUED)
         self._sweep_work()
 

@@ -66,7 +66,13 @@ class Job:
 
 
 class Ledger:
-    """Thin typed access to the jobs table. One connection per thread."""
+    """Thin typed access to the jobs table.
+
+    The writer's connection belongs to the daemon's worker, but the engine reports
+    progress from its own pipeline threads while the worker waits for it, so the
+    connection may be used from another thread (never two at once; SQLite's own
+    serialized mode guards it anyway, and every statement commits on its own).
+    """
 
     def __init__(self, path: Path, *, readonly: bool = False) -> None:
         self.path = path
@@ -74,7 +80,7 @@ class Ledger:
             self.db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
         else:
             path.parent.mkdir(parents=True, exist_ok=True)
-            self.db = sqlite3.connect(path, timeout=30, isolation_level=None)
+            self.db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
             self.db.execute("PRAGMA journal_mode=WAL")
             # FULL: a committed step survives power loss, which the crash promises need.
             self.db.execute("PRAGMA synchronous=FULL")
@@ -100,7 +106,7 @@ class Ledger:
     def update(self, job_id: int, **fields: Any) -> None:
         fields["updated"] = time.time()
         cols = ", ".join(f"{k} = ?" for k in fields)
-        self.db.execute(f"UPDATE jobs SET {cols} WHERE id = ?", (*fields.values(), job_id))  # noqa: S608
+        self.db.execute(f"UPDATE jobs SET {cols} WHERE id = ?", (*fields.values(), job_id))
 
     def start_attempt(self, job_id: int) -> int:
         """Count an attempt *before* it starts, so a crash mid-file is counted too."""
@@ -121,12 +127,15 @@ class Ledger:
     def done_with_hash(self, sha256: str, exclude: int) -> Job | None:
         return self._one(
             "SELECT * FROM jobs WHERE sha256 = ? AND state IN (?, ?) AND id != ? ORDER BY id LIMIT 1",
-            sha256, DONE, OUTPUT_DONE, exclude,
+            sha256,
+            DONE,
+            OUTPUT_DONE,
+            exclude,
         )
 
     def in_states(self, *states: str) -> list[Job]:
         marks = ",".join("?" * len(states))
-        rows = self.db.execute(f"SELECT * FROM jobs WHERE state IN ({marks}) ORDER BY id", states)  # noqa: S608
+        rows = self.db.execute(f"SELECT * FROM jobs WHERE state IN ({marks}) ORDER BY id", states)
         return [Job(**dict(r)) for r in rows]
 
     def all(self) -> Iterator[Job]:

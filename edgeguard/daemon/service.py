@@ -84,6 +84,9 @@ class Worker(threading.Thread):
                 break
             try:
                 self._one(task)
+            except Exception:  # a bug must not end the thread: the daemon would hang, busy forever
+                log.exception("unexpected error; the job stays queued and is retried")
+                self.retry_after = time.monotonic() + self.setup.cfg.daemon.pause_seconds
             finally:
                 self.current = None
                 self.busy = False
@@ -129,11 +132,21 @@ class Worker(threading.Thread):
             log.warning("%s: %s; kept for a retry in %.0f s", job.name, exc.reason, self.setup.cfg.daemon.pause_seconds)
         except OSError as exc:
             # The folders themselves misbehave (e.g. disk full while moving); nothing is lost,
-            # the job stays queued in the ledger.
+            # the job goes back to the queue (the attempt counts, as a crash's would).
+            self._requeue(job_id)
             self.retry_after = time.monotonic() + self.setup.cfg.daemon.pause_seconds
             log.error("%s: %s; will retry", job.name, exc)
+        except Exception:
+            self._requeue(job_id)
+            raise
         finally:
             self.queued_jobs = len(self.jobs.queued())
+
+    def _requeue(self, job_id: int) -> None:
+        """Put a job an error interrupted mid-attempt back in the queue (else it waits for a restart)."""
+        job = self.ledger.get(job_id)
+        if job is not None and job.state == L.PROCESSING:
+            self.ledger.update(job_id, state=L.QUEUED)
 
 
 class Service:
@@ -169,8 +182,12 @@ class Service:
             raise worker.failed_start
         arrivals = Arrivals(setup.folders.incoming, setup.cfg.watch)
         arrivals.start()
-        log.info("watching %s (model %s on %s)", setup.folders.incoming, setup.engine.detector.model_name,
-                 setup.engine.detector.target)
+        log.info(
+            "watching %s (model %s on %s)",
+            setup.folders.incoming,
+            setup.engine.detector.model_name,
+            setup.engine.detector.target,
+        )
         self.notifier.ready("idle")
         try:
             setup = self._loop(setup, worker, arrivals)
@@ -184,16 +201,23 @@ class Service:
         paused_until = 0.0
         while not self.stop.is_set():
             now = time.monotonic()
-            if interval and now - last_ping >= interval / 2 and (not worker.busy or now - worker.last_progress < interval):
+            if (
+                interval
+                and now - last_ping >= interval / 2
+                and (not worker.busy or now - worker.last_progress < interval)
+            ):
                 # Pings only while the worker makes progress: a hung inference lets systemd restart us.
                 self.notifier.watchdog()
                 last_ping = now
             if self.hup.is_set() and not worker.busy:
                 self.hup.clear()
                 setup, arrivals = self._reload(setup, worker, arrivals)
+                paused_until = 0.0  # look at the disk again now, with the new config's limits
             if worker.busy:
                 self._watch_time_limit(setup, worker, now)
-                self.set_status(f"processing {worker.current or '...'} {worker.fraction:.0%} (queue {arrivals.pending()})")
+                self.set_status(
+                    f"processing {worker.current or '...'} {worker.fraction:.0%} (queue {arrivals.pending()})"
+                )
             elif now >= max(paused_until, worker.retry_after) and not self.hup.is_set():
                 paused_until = self._hand_over(setup, worker, arrivals, now)
             self.stop.wait(TICK)
@@ -236,7 +260,9 @@ class Service:
         try:
             cfg = load_config(self.config_path, self.overrides)
             same_model = cfg.detector == setup.cfg.detector and cfg.models == setup.cfg.models
-            new = self._load(cfg, setup.engine if same_model else None)
+            # The engine reads protect/video/media settings from its config: a new one around
+            # the already loaded model, so they take effect without reloading the model.
+            new = self._load(cfg, Engine(cfg, setup.engine.detector) if same_model else None)
         except EdgeguardError as exc:
             for line in str(exc).splitlines():
                 log.error("reload refused, keeping the running config: %s", line)

@@ -140,7 +140,9 @@ class Arrivals:
             self._report(name, f"cannot stat: {exc.strerror or exc}")
             return None
         if not stat.S_ISREG(st.st_mode):
-            kind = "symlink" if stat.S_ISLNK(st.st_mode) else "directory" if stat.S_ISDIR(st.st_mode) else "special file"
+            kind = (
+                "symlink" if stat.S_ISLNK(st.st_mode) else "directory" if stat.S_ISDIR(st.st_mode) else "special file"
+            )
             self._report(name, f"skipped: a {kind}, not a regular file (never followed or opened)")
             self._entries.pop(name, None)
             return None
@@ -148,7 +150,7 @@ class Arrivals:
         if entry is None:
             entry = _Entry(st.st_size, st.st_mtime_ns, now)
             self._entries[name] = entry
-        elif (entry.size, entry.mtime_ns) != (st.st_size, st.st_mtime_ns) or (evented and writers == 0 and False):
+        elif (entry.size, entry.mtime_ns) != (st.st_size, st.st_mtime_ns):
             entry.size, entry.mtime_ns, entry.stable_since = st.st_size, st.st_mtime_ns, now
         entry.open_writers = max(0, entry.open_writers + writers)
         if writers:

@@ -46,9 +46,7 @@ def model_files(cfg: Config) -> tuple[models.Manifest, dict[str, Path]]:
 
 
 def _wanted(cfg: Config, role: str) -> bool:
-    return (role == "faces" and "face" in cfg.detector.classes) or (
-        role == "segmenter" and cfg.detector.silhouettes
-    )
+    return (role == "faces" and "face" in cfg.detector.classes) or (role == "segmenter" and cfg.detector.silhouettes)
 
 
 def create_detector(cfg: Config) -> Detector:

@@ -51,7 +51,11 @@ class Detector(ABC):
     want_masks: bool = True
 
     def __init__(
-        self, cfg: DetectorConfig, files: Mapping[str, Path], target: str, name: str,
+        self,
+        cfg: DetectorConfig,
+        files: Mapping[str, Path],
+        target: str,
+        name: str,
         native_size: tuple[int, int] | None = None,
     ) -> None:
         self.cfg = cfg

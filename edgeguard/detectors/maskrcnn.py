@@ -42,7 +42,11 @@ class MaskRCNN(Detector):
     type_key = "maskrcnn"
 
     def __init__(
-        self, cfg: DetectorConfig, files: Mapping[str, Path], target: str, name: str,
+        self,
+        cfg: DetectorConfig,
+        files: Mapping[str, Path],
+        target: str,
+        name: str,
         native_size: tuple[int, int] | None = None,
     ) -> None:
         super().__init__(cfg, files, target, name, native_size)

@@ -40,7 +40,11 @@ class YoloX(Detector):
     type_key = "yolox"
 
     def __init__(
-        self, cfg: DetectorConfig, files: Mapping[str, Path], target: str, name: str,
+        self,
+        cfg: DetectorConfig,
+        files: Mapping[str, Path],
+        target: str,
+        name: str,
         native_size: tuple[int, int] | None = None,
     ) -> None:
         super().__init__(cfg, files, target, name, native_size)
@@ -88,7 +92,9 @@ class YoloX(Detector):
         names = tuple(self.labels[c] for c in cls[idx])
         masks = None
         if self.seg is not None:
-            masks = tuple(self._silhouette(image, b) if n == "person" else _full(b) for b, n in zip(boxes, names, strict=True))
+            masks = tuple(
+                self._silhouette(image, b) if n == "person" else _full(b) for b, n in zip(boxes, names, strict=True)
+            )
         return Detections(boxes, score[keep][idx].astype(np.float32), names, masks, (w, h))
 
     def _silhouette(self, image: Image, box: npt.NDArray[np.int32]) -> npt.NDArray[np.bool_]:
