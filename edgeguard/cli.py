@@ -126,7 +126,10 @@ def _outputs(args: argparse.Namespace) -> list[tuple[Path, Path]]:
 
     if args.output is not None and len(args.inputs) != 1:
         raise UsageError("edgeguard protect: -o/--output takes exactly one INPUT (use --out-dir for several)")
+    from edgeguard.media import IMAGE_EXTENSIONS, media_kind
+
     pairs = []
+    taken: dict[Path, Path] = {}
     for src in args.inputs:
         if args.output is not None:
             dst = args.output
@@ -137,6 +140,14 @@ def _outputs(args: argparse.Namespace) -> list[tuple[Path, Path]]:
             dst = d.with_name(f"{d.stem}.protected{d.suffix}")
         if dst.resolve() == src.resolve():
             raise UsageError(f"edgeguard protect: output {dst} would overwrite its input")
+        kind = media_kind(src)
+        if kind == "video" and dst.suffix.lower() != ".mp4":
+            raise UsageError(f"edgeguard protect: {dst}: video outputs are MP4; name it .mp4")
+        if kind == "image" and media_kind(dst) != "image":
+            raise UsageError(f"edgeguard protect: {dst}: images are written as {', '.join(sorted(IMAGE_EXTENSIONS))}")
+        if dst.resolve() in taken:
+            raise UsageError(f"edgeguard protect: {taken[dst.resolve()]} and {src} would both write {dst}")
+        taken[dst.resolve()] = src
         pairs.append((src, dst))
     if args.out_dir is not None:
         args.out_dir.mkdir(parents=True, exist_ok=True)

@@ -223,7 +223,7 @@ def parse_set(items: Sequence[str]) -> list[tuple[str, Any]]:
         try:
             value = yaml.safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError as exc:
-            raise ConfigError([f"--set {key}: value is not valid YAML: {exc}"]) from exc
+            raise ConfigError([f"--set {key}: value is not valid YAML: {' '.join(str(exc).split())}"]) from exc
         out.append((key.strip(), value))
     return out
 
@@ -272,7 +272,8 @@ def load_config(path: Path | None = None, overrides: Sequence[str] = ()) -> Conf
         for err in exc.errors():
             loc = tuple(err["loc"])
             text_ = _describe(loc, err["msg"])
-            origin = next((k for k in set_keys if loc[: len(k)] == k), None)
+            # An error at or under a --set key, or above it (an unknown section it created).
+            origin = next((k for k in set_keys if loc[: len(k)] == k or k[: len(loc)] == loc), None)
             if origin is not None:
                 problems.append(f"--set {text_}")
                 continue

@@ -108,10 +108,16 @@ class Engine:
             if kind == "video":
                 frames, found, stats = self._video(src, tmp, progress, cancel, observe)
             else:
-                frames, found = self._image(src, tmp, observe)
+                frames, found = self._image(src, tmp, dst.suffix, observe)
                 stats = Stats(keyframes=1)
             _fsync(tmp)
             os.replace(tmp, dst)
+        except FileError as exc:
+            tmp.unlink(missing_ok=True)
+            # Errors from the writer name the hidden temporary file; the user knows the input.
+            exc.path = src
+            exc.args = (f"{src}: {exc.reason}",)
+            raise
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
@@ -130,7 +136,7 @@ class Engine:
             stats,
         )
 
-    def _image(self, src: Path, tmp: Path, observe: Observer | None) -> tuple[int, int]:
+    def _image(self, src: Path, tmp: Path, suffix: str, observe: Observer | None) -> tuple[int, int]:
         img = image_io.read_image(src, max_pixels=self.cfg.media.max_pixels)
         det = self._detect(img, src)
         mask = self._rasterize(det, img.shape[1], img.shape[0])
@@ -138,7 +144,7 @@ class Engine:
             observe(mask, det)
         hide(img, mask, self.cfg.protect)
         found = len(det)
-        image_io.write_image(tmp, img, fmt=src.suffix.lower().lstrip("."), quality=self.cfg.media.image_quality)
+        image_io.write_image(tmp, img, fmt=suffix.lower().lstrip("."), quality=self.cfg.media.image_quality)
         return 1, found
 
     def _video(

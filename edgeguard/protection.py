@@ -63,13 +63,18 @@ def hide(image: Image, mask: Mask, cfg: ProtectConfig) -> Image:
         x0, y0, x1, y1 = max(0, x - m), max(0, y - m), min(W, x + w + m), min(H, y + h + m)
         done = cv2.GaussianBlur(color[y0:y1, x0:x1], (cfg.blur_kernel, cfg.blur_kernel), 0)
     else:
-        # Blocks sit on the frame's grid so they do not crawl as the area moves.
+        # Blocks sit on the frame's grid so they do not crawl as the area moves; at the right
+        # and bottom edges the last blocks are padded (edge pixels repeated) to full size.
         b = cfg.pixelate_block
         x0, y0 = x - x % b, y - y % b
         x1, y1 = min(W, -(-(x + w) // b) * b), min(H, -(-(y + h) // b) * b)
         roi = color[y0:y1, x0:x1]
-        small = cv2.resize(roi, (-(-(x1 - x0) // b), -(-(y1 - y0) // b)), interpolation=cv2.INTER_AREA)
-        done = cv2.resize(small, (x1 - x0, y1 - y0), interpolation=cv2.INTER_NEAREST)
+        pad_y, pad_x = (-(y1 - y0)) % b, (-(x1 - x0)) % b
+        if pad_x or pad_y:
+            roi = cv2.copyMakeBorder(roi, 0, pad_y, 0, pad_x, cv2.BORDER_REPLICATE)
+        rh, rw = roi.shape[:2]
+        small = cv2.resize(roi, (rw // b, rh // b), interpolation=cv2.INTER_AREA)
+        done = cv2.resize(small, (rw, rh), interpolation=cv2.INTER_NEAREST)[: y1 - y0, : x1 - x0]
     sel = mask[y0:y1, x0:x1] > 0
     color[y0:y1, x0:x1][sel] = done[sel]
     return image

@@ -244,6 +244,9 @@ class Service:
             self.set_status(f"paused: disk ({short})")
             log.warning("paused: disk space low (%s); retrying in %.0f s", short, setup.cfg.daemon.pause_seconds)
             return now + setup.cfg.daemon.pause_seconds
+        # The time limit and the watchdog count from now: until the worker has claimed the file,
+        # started_at would be the previous job's (or 0.0 at first) and trip the limit at once.
+        worker.started_at = worker.last_progress = now
         worker.busy = True
         worker.tasks.put(task)
         return 0.0

@@ -32,6 +32,10 @@ from edgeguard.config import WatchConfig
 
 log = logging.getLogger(__name__)
 
+# Longest name (UTF-8 bytes) taken: the work folder adds a job prefix and the temporary
+# and failed-folder names add suffixes, all within the filesystem's 255-byte NAME_MAX.
+MAX_NAME_BYTES = 200
+
 
 @dataclass
 class _Entry:
@@ -146,6 +150,13 @@ class Arrivals:
             self._report(name, f"skipped: a {kind}, not a regular file (never followed or opened)")
             self._entries.pop(name, None)
             return None
+        problem = _name_problem(name)
+        if problem is not None:
+            # Claiming it would fail (ENAMETOOLONG, or the ledger refusing the name) every time,
+            # and as the oldest file it would hold up every file behind it.
+            self._report(name, f"skipped: {problem}")
+            self._entries.pop(name, None)
+            return None
         entry = self._entries.get(name)
         if entry is None:
             entry = _Entry(st.st_size, st.st_mtime_ns, now)
@@ -161,3 +172,14 @@ class Arrivals:
         if name not in self._reported:
             self._reported.add(name)
             log.warning("%s: %s", self.folder / name, what)
+
+
+def _name_problem(name: str) -> str | None:
+    """Why the daemon cannot carry a file of this name through its folders, or None."""
+    try:
+        size = len(name.encode("utf-8"))
+    except UnicodeEncodeError:
+        return "the name is not valid UTF-8"
+    if size > MAX_NAME_BYTES:
+        return f"the name is {size} bytes long; names of at most {MAX_NAME_BYTES} bytes are taken"
+    return None

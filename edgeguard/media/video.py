@@ -491,6 +491,7 @@ class VideoWriter:
         self._audio_pending: Packet[AudioStream] | None = None
         self._audio_shift = 0
         self._transcode = False
+        self._audio_last_dts: int | None = None
         self._closed = False
         try:
             self._out: OutputContainer = av.open(
@@ -633,6 +634,16 @@ class VideoWriter:
         flush = packet.size == 0 and packet.dts is None
         if not self._transcode:
             if not flush:
+                # Some muxers (AVI) repeat audio timestamps; MP4 needs them strictly increasing,
+                # so nudge them forward as the ffmpeg CLI does instead of failing the file.
+                last = self._audio_last_dts
+                if packet.dts is not None and last is not None and packet.dts <= last:
+                    shift = last + 1 - packet.dts
+                    packet.dts += shift
+                    if packet.pts is not None:
+                        packet.pts = max(packet.pts + shift, packet.dts)
+                if packet.dts is not None:
+                    self._audio_last_dts = packet.dts
                 packet.stream = self._audio_out
                 self._out.mux(packet)
             return

@@ -1,0 +1,437 @@
+"""The `edgeguard` CLI in-process: bad inputs, usage errors, --json, doctor, models."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import shutil
+import struct
+import subprocess
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import cv2
+import pytest
+
+from edgeguard import dnn_target
+from edgeguard.cli import main
+from tests.conftest import CANDIDATES, media, need
+
+YOLOX = ("--set", "detector.model=yolox_nano")
+SUMMARY_KEYS = {"input", "output", "frames", "detections", "seconds", "fps", "model", "target"}
+
+
+# ------------------------------------------------------------------ helpers shared by the CLI-driven tests
+
+
+def _drop_cli_logging() -> None:
+    """`main` installs a root StreamHandler on the (captured) stderr; remove it so it cannot outlive the test."""
+    root = logging.getLogger()
+    for handler in root.handlers[:]:
+        if type(handler) is logging.StreamHandler:
+            root.removeHandler(handler)
+    root.setLevel(logging.WARNING)
+
+
+def cli(capsys: pytest.CaptureFixture[str], *argv: str | Path) -> tuple[int, str, str]:
+    """Run `edgeguard ARGV` in-process; return (exit code, stdout, stderr)."""
+    capsys.readouterr()
+    try:
+        code = main([str(a) for a in argv])
+    finally:
+        _drop_cli_logging()
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def error_lines(err: str) -> list[str]:
+    """The CLI's own messages (log records start with their level name)."""
+    return [line for line in err.splitlines() if line.startswith("edgeguard:")]
+
+
+def ffmpeg(*args: str | Path) -> None:
+    exe = shutil.which("ffmpeg")
+    if exe is None:
+        pytest.skip("FFMPEG NOT INSTALLED: cannot cut test clips (apt-get install ffmpeg)")
+    subprocess.run([exe, "-v", "error", "-y", *map(str, args)], check=True)
+
+
+def png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+
+def huge_png(path: Path, width: int = 60000, height: int = 60000) -> Path:
+    """A valid-looking PNG whose header declares a decompression bomb (tiny IDAT)."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    data = (
+        b"\x89PNG\r\n\x1a\n"
+        + png_chunk(b"IHDR", ihdr)
+        + png_chunk(b"IDAT", zlib.compress(b"\0" * 64))
+        + png_chunk(b"IEND", b"")
+    )
+    path.write_bytes(data)
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("EDGEGUARD_CONFIG", raising=False)
+    monkeypatch.delenv("EDGEGUARD_MODEL_SOURCE", raising=False)
+
+
+@pytest.fixture
+def empty_models(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    root = tmp_path / "empty-models"
+    root.mkdir()
+    monkeypatch.setenv("EDGEGUARD_MODELS_DIR", str(root))
+    return root
+
+
+@pytest.fixture(scope="module")
+def avi20(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The first 20 frames of vtest.avi, stream-copied into an AVI (no audio)."""
+    out = tmp_path_factory.mktemp("avi") / "walk.avi"
+    ffmpeg("-i", media("vtest.avi"), "-frames:v", "20", "-an", "-c:v", "copy", out)
+    return out
+
+
+# ------------------------------------------------------------------ bad inputs
+
+
+def _truncated(src: Path, dst: Path, fraction: float) -> Path:
+    data = src.read_bytes()
+    dst.write_bytes(data[: int(len(data) * fraction)])
+    return dst
+
+
+def _bad_input(kind: str, folder: Path) -> tuple[Path, str]:
+    """A bad input file of `kind` and a regex for the reason the user must see."""
+    if kind == "empty":
+        (p := folder / "empty.mp4").write_bytes(b"")
+        return p, r"empty file"
+    if kind == "truncated":  # moov at the end: 30% has no index at all
+        return _truncated(media("dos.mp4"), folder / "cut.mp4", 0.3), r"truncated|not a readable media file"
+    if kind == "truncated-faststart":  # moov first: the header promises 60 frames, 30% of them are there
+        fs = folder / "fs-full.mp4"
+        ffmpeg("-i", media("dos.mp4"), "-c", "copy", "-movflags", "+faststart", fs)
+        p = _truncated(fs, folder / "cut-fs.mp4", 0.3)
+        fs.unlink()
+        return p, r"truncated: the container declares 60 frames but only \d+ could be read"
+    if kind == "random":
+        (p := folder / "noise.mp4").write_bytes(bytes(range(256)) * 200 + b"\x13\x37" * 999)
+        return p, r"not a readable media file"
+    if kind == "text-avi":
+        (p := folder / "notes.avi").write_text("this is not a video\n" * 50, encoding="utf-8")
+        return p, r"not a readable media file"
+    if kind == "huge-png":
+        return huge_png(folder / "bomb.png"), r"absurd dimensions 60000x60000"
+    if kind == "unsupported":
+        (p := folder / "slides.pptx").write_bytes(b"PK\x03\x04 not really")
+        return p, r"unsupported file type '\.pptx'"
+    if kind == "missing":
+        return folder / "gone.mp4", r"does not exist"
+    raise AssertionError(kind)
+
+
+BAD_KINDS = ["empty", "truncated", "truncated-faststart", "random", "text-avi", "huge-png", "unsupported", "missing"]
+
+
+@pytest.mark.parametrize("kind", BAD_KINDS)
+def test_bad_input_fails_with_one_line_and_leaves_nothing(
+    kind: str, tmp_path: Path, yolox_env: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    src, reason = _bad_input(kind, inputs)
+    out_dir = tmp_path / "out"
+    code, out, err = cli(capsys, "protect", src, "--out-dir", out_dir, *YOLOX)
+    assert code == 1, err
+    assert out == ""
+    lines = error_lines(err)
+    assert len(lines) == 1, err
+    assert src.name in lines[0]
+    assert re.search(reason, lines[0]), lines[0]
+    assert "Traceback" not in err
+    assert list(out_dir.iterdir()) == [], "an output or temp file was left behind"
+
+
+@pytest.mark.parametrize("kind", ["truncated-faststart", "huge-png"])
+def test_failure_with_explicit_output_leaves_no_file(
+    kind: str, tmp_path: Path, yolox_env: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    src, _ = _bad_input(kind, tmp_path)
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    dst = out_dir / ("result" + (".mp4" if src.suffix == ".mp4" else src.suffix))
+    code, _, err = cli(capsys, "protect", src, "-o", dst, *YOLOX)
+    assert code == 1, err
+    assert list(out_dir.iterdir()) == []
+
+
+def test_failure_keeps_an_existing_output_untouched(
+    tmp_path: Path, yolox_env: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    src, _ = _bad_input("truncated-faststart", tmp_path)
+    dst = tmp_path / "previous.mp4"
+    dst.write_bytes(b"an earlier good result")
+    code, _, _ = cli(capsys, "protect", src, "-o", dst, *YOLOX)
+    assert code == 1
+    assert dst.read_bytes() == b"an earlier good result"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([src.name, dst.name])
+
+
+def test_mix_of_good_and_bad_inputs_writes_the_good_ones(
+    tmp_path: Path, yolox_env: Path, avi20: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    bad = [_bad_input(kind, inputs)[0] for kind in ("empty", "huge-png", "text-avi")]
+    good = [media("city.jpg"), avi20]
+    out_dir = tmp_path / "out"
+    code, out, err = cli(
+        capsys, "protect", bad[0], good[0], bad[1], good[1], bad[2], "--out-dir", out_dir, "--json", *YOLOX
+    )
+    assert code == 1
+    assert sorted(p.name for p in out_dir.iterdir()) == ["city.jpg", "walk.mp4"]
+    lines = error_lines(err)
+    assert len(lines) == 3, err
+    for path, line in zip(bad, lines, strict=True):
+        assert path.name in line
+    summaries = [json.loads(line) for line in out.splitlines()]
+    assert [Path(s["input"]).name for s in summaries] == ["city.jpg", "walk.avi"]
+
+
+@pytest.mark.parametrize("name", ["city.jpg", "walk.avi"])
+def test_write_failure_names_the_input_not_a_temp_file(
+    name: str, tmp_path: Path, yolox_env: Path, avi20: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    src = media(name) if name == "city.jpg" else avi20
+    dst = tmp_path / "no-such-dir" / ("out" + (".jpg" if name == "city.jpg" else ".mp4"))
+    code, _, err = cli(capsys, "protect", src, "-o", dst, *YOLOX)
+    assert code == 1
+    (line,) = error_lines(err)
+    assert ".partial" not in line
+    assert src.name in line
+
+
+def test_two_inputs_never_share_one_output(tmp_path: Path, yolox_env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for cam, photo in (("cam1", "city.jpg"), ("cam2", "messi5.jpg")):
+        (tmp_path / cam).mkdir()
+        cv2.imwrite(str(tmp_path / cam / "x.png"), cv2.imread(str(media(photo))))
+    out_dir = tmp_path / "out"
+    code, _, _ = cli(capsys, "protect", tmp_path / "cam1/x.png", tmp_path / "cam2/x.png", "--out-dir", out_dir, *YOLOX)
+    written = list(out_dir.iterdir()) if out_dir.exists() else []
+    assert (code == 2 and written == []) or len(written) == 2
+
+
+def test_image_output_format_follows_the_output_name(
+    tmp_path: Path, yolox_env: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    src = tmp_path / "city.png"
+    cv2.imwrite(str(src), cv2.imread(str(media("city.jpg"))))
+    dst = tmp_path / "city-protected.jpg"
+    code, _, err = cli(capsys, "protect", src, "-o", dst, *YOLOX)
+    assert code in (0, 2), err
+    if code == 0:
+        assert dst.read_bytes()[:2] == b"\xff\xd8", "a .jpg output must be a JPEG"
+
+
+# ------------------------------------------------------------------ usage errors
+
+
+def test_output_with_two_inputs_is_a_usage_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = cli(capsys, "protect", media("city.jpg"), media("messi5.jpg"), "-o", tmp_path / "x.jpg")
+    assert code == 2
+    (line,) = error_lines(err)
+    assert "-o/--output takes exactly one INPUT" in line
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_output_over_its_input_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    src = tmp_path / "city.jpg"
+    shutil.copy(media("city.jpg"), src)
+    before = src.read_bytes()
+    code, _, err = cli(capsys, "protect", src, "-o", src)
+    assert code == 2
+    assert "overwrite its input" in err
+    assert src.read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    ("item", "message"),
+    [
+        ("protect.style=sparkle", "--set protect.style: Input should be 'blur', 'pixelate' or 'fill'"),
+        ("detector.confidence=1.5", "--set detector.confidence: Input should be less than or equal to 1"),
+        ("nokey", "--set nokey: expected KEY=VALUE"),
+        ("detector.colour=1", "--set detector.colour: unknown key"),
+    ],
+)
+def test_bad_set_is_a_usage_error(item: str, message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = cli(capsys, "protect", media("city.jpg"), "--out-dir", tmp_path / "out", "--set", item)
+    assert code == 2
+    (line,) = error_lines(err)
+    assert line.startswith(f"edgeguard: {message}"), err
+    assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
+
+
+def test_no_command_and_unknown_option_are_usage_errors(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli(capsys)[0] == 2
+    code, _, err = cli(capsys, "protect", "--frobnicate", "x.mp4")
+    assert code == 2
+    assert "--frobnicate" in err
+
+
+# ------------------------------------------------------------------ --json
+
+
+def test_json_prints_one_object_per_file(
+    tmp_path: Path, yolox_env: Path, avi20: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    png = tmp_path / "street.png"
+    cv2.imwrite(str(png), cv2.imread(str(media("city.jpg"))))
+    out_dir = tmp_path / "out"
+    code, out, err = cli(capsys, "protect", media("city.jpg"), png, avi20, "--out-dir", out_dir, "--json", *YOLOX)
+    assert code == 0, err
+    lines = out.splitlines()
+    assert len(lines) == 3
+    rows = [json.loads(line) for line in lines]
+    for row in rows:
+        assert row.keys() >= SUMMARY_KEYS
+        assert row["model"] == "yolox_nano"
+        assert row["target"] == "cpu"
+        assert Path(row["output"]).is_file()
+        assert row["seconds"] > 0 and row["fps"] > 0
+    city, street, walk = rows
+    assert city["input"] == str(media("city.jpg")) and city["output"] == str(out_dir / "city.jpg")
+    assert street["output"] == str(out_dir / "street.png")
+    assert walk["output"] == str(out_dir / "walk.mp4")
+    assert city["frames"] == street["frames"] == 1
+    assert walk["frames"] == 20
+    assert city["detections"] >= 5  # a street full of pedestrians
+    assert city["detections"] == street["detections"]  # same pixels, same people
+
+
+def test_default_output_is_beside_the_input(
+    tmp_path: Path, yolox_env: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    src = tmp_path / "city.jpg"
+    shutil.copy(media("city.jpg"), src)
+    code, _, err = cli(capsys, "protect", src, *YOLOX)
+    assert code == 0, err
+    assert (tmp_path / "city.protected.jpg").is_file()
+
+
+# ------------------------------------------------------------------ doctor
+
+
+def test_doctor_ok_with_yolox_on_cpu(yolox_env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = cli(capsys, "doctor", *YOLOX)
+    assert code == 0, out + err
+    assert cv2.__version__ in out
+    assert "H.264 encoder" in out and "libx264" in out
+    for name in dnn_target.TARGETS:
+        assert f"target {name}" in out
+    assert "target cpu (configured)" in out
+    assert "model yolox_nano" in out and "verified" in out
+
+
+def test_doctor_fails_when_the_model_is_missing(empty_models: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = cli(capsys, "doctor", *YOLOX)
+    assert code == 3
+    (line,) = [line for line in out.splitlines() if line.startswith("FAIL model")]
+    assert "edgeguard models fetch yolox_nano" in line
+
+
+def test_doctor_fails_for_an_unavailable_configured_target(yolox_env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    if dnn_target.probe("cuda").ok:
+        pytest.skip("CUDA REALLY WORKS HERE: cannot test the unavailable-target path")
+    code, out, _ = cli(capsys, "doctor", *YOLOX, "--set", "detector.target=cuda")
+    assert code == 3
+    assert "FAIL target cuda (configured)" in out
+    code, out, _ = cli(
+        capsys, "doctor", *YOLOX, "--set", "detector.target=cuda", "--set", "detector.on_unavailable=cpu"
+    )
+    assert code == 0, out
+
+
+def test_doctor_with_a_bad_config_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = cli(capsys, "doctor", "--set", "detector.target=tpu")
+    assert code == 2
+    assert "detector.target" in err
+
+
+# ------------------------------------------------------------------ models list / fetch
+
+
+def test_models_list_fetch_from_and_use(empty_models: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    need(CANDIDATES / "yolox_nano.onnx")
+    code, out, _ = cli(capsys, "models", "list", *YOLOX)
+    assert code == 0
+    rows = {line.split()[1] if line.startswith("*") else line.split()[0]: line for line in out.splitlines()}
+    assert {"yolox_nano", "mask_rcnn_inception_v2_coco"} <= rows.keys()
+    assert rows["yolox_nano"].startswith("*") and "not ready" in rows["yolox_nano"]
+
+    code, out, err = cli(capsys, "models", "fetch", "yolox_nano", "--from", CANDIDATES)
+    assert code == 0, err
+    placed = {Path(line.split(": ", 1)[1]).name for line in out.splitlines()}
+    assert {"yolox_nano.onnx", "coco.names"} <= placed
+    assert (empty_models / "yolox_nano" / "yolox_nano.onnx").is_file()
+
+    code, out, _ = cli(capsys, "models", "list", *YOLOX)
+    assert any(
+        line.startswith("*") and "yolox_nano" in line and " ready" in line and "not ready" not in line
+        for line in out.splitlines()
+    ), out
+    code, _, err = cli(capsys, "protect", media("city.jpg"), "-o", tmp_path / "x.jpg", *YOLOX)
+    assert code == 0, err
+
+
+def test_models_fetch_uses_the_source_env(
+    empty_models: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    need(CANDIDATES / "yolox_nano.onnx")
+    monkeypatch.setenv("EDGEGUARD_MODEL_SOURCE", str(CANDIDATES))
+    code, out, err = cli(capsys, "models", "fetch", *YOLOX)  # no NAME: the configured model
+    assert code == 0, err
+    assert out.startswith("yolox_nano: ")
+    assert (empty_models / "yolox_nano" / "coco.names").is_file()
+
+
+def test_models_fetch_from_a_folder_without_the_files(
+    empty_models: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    src = tmp_path / "nothing-here"
+    src.mkdir()
+    code, _, err = cli(capsys, "models", "fetch", "yolox_nano", "--from", src)
+    assert code == 3
+    (line,) = error_lines(err)
+    assert "yolox_nano.onnx not found in" in line
+    assert not (empty_models / "yolox_nano").exists()
+
+
+def test_missing_model_is_one_line_naming_models_fetch(
+    empty_models: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = cli(capsys, "protect", media("city.jpg"), "--out-dir", tmp_path / "out", *YOLOX)
+    assert code == 3
+    assert out == ""
+    (line,) = error_lines(err)
+    assert "`edgeguard models fetch yolox_nano`" in line
+    assert len(err.strip().splitlines()) == 1, err
+
+
+def test_unknown_model_name(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    code, _, err = cli(
+        capsys, "protect", media("city.jpg"), "-o", tmp_path / "x.jpg", "--set", "detector.model=yolo9000"
+    )
+    assert code == 2
+    (line,) = error_lines(err)
+    assert "unknown model 'yolo9000'" in line and "yolox_nano" in line
+
+
+@pytest.fixture(autouse=True)
+def _no_leftover_logging() -> Iterator[None]:
+    yield
+    _drop_cli_logging()

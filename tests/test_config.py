@@ -1,0 +1,239 @@
+"""Configuration: `check-config`, FILE:LINE errors, --set, and the shipped config file."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from pydantic import BaseModel
+
+from edgeguard.config import Config, dump_defaults, load_config
+from edgeguard.errors import ConfigError
+from tests.test_cli import cli, error_lines
+
+REPO = Path(__file__).resolve().parents[1]
+SHIPPED = REPO / "config" / "edgeguard.yaml"
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("EDGEGUARD_CONFIG", raising=False)
+
+
+def write(tmp_path: Path, text: str, name: str = "edgeguard.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def model_keys(model: type[BaseModel], prefix: str = "") -> Iterator[str]:
+    """Every dotted key of a pydantic model tree."""
+    for name, field in model.model_fields.items():
+        key = f"{prefix}{name}"
+        yield key
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            yield from model_keys(ann, key + ".")
+
+
+def yaml_keys(node: Any, prefix: str = "") -> Iterator[str]:
+    if isinstance(node, dict):
+        for name, value in node.items():
+            key = f"{prefix}{name}"
+            yield key
+            yield from yaml_keys(value, key + ".")
+
+
+# ------------------------------------------------------------------ check-config
+
+
+def test_valid_file_checks_ok(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write(tmp_path, "detector:\n  model: yolox_nano\n  confidence: 0.6\nprotect:\n  style: fill\n")
+    code, out, err = cli(capsys, "check-config", "-c", path)
+    assert code == 0, err
+    assert out.strip() == f"{path}: ok"
+    cfg = load_config(path)
+    assert (cfg.detector.model, cfg.detector.confidence, cfg.protect.style) == ("yolox_nano", 0.6, "fill")
+
+
+def test_out_of_range_value_reports_file_and_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    text = "# my camera\n\ndetector:\n  model: yolox_nano\n  # be strict\n  confidence: 1.5\n"
+    path = write(tmp_path, text)
+    line_no = text.splitlines().index("  confidence: 1.5") + 1
+    code, out, err = cli(capsys, "check-config", "-c", path)
+    assert code == 2
+    assert out == ""
+    assert err.splitlines() == [
+        f"edgeguard: {path}:{line_no}: detector.confidence: Input should be less than or equal to 1"
+    ]
+
+
+def test_every_problem_gets_its_own_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    text = (
+        "detector:\n"  # 1
+        "  modle: yolox_nano\n"  # 2
+        "  classes: [person, person]\n"  # 3
+        "protect:\n"  # 4
+        "  blur_kernel: 50\n"  # 5
+        "  color: [0, 0, 300]\n"  # 6
+        "video:\n"  # 7
+        "  preset: warp\n"  # 8
+        "telemetry: true\n"  # 9
+    )
+    path = write(tmp_path, text)
+    code, _, err = cli(capsys, "check-config", "-c", path)
+    assert code == 2
+    lines = set(error_lines(err))
+    assert len(lines) == len(err.splitlines()) == 6, err
+    expected = {
+        f"{path}:2: detector.modle: unknown key",
+        f"{path}:3: detector.classes: classes must not repeat",
+        f"{path}:5: protect.blur_kernel: must be odd",
+        f"{path}:8: video.preset: Input should be ",
+        f"{path}:9: telemetry: unknown key",
+    }
+    for want in expected:
+        assert any(line.startswith(f"edgeguard: {want}") for line in lines), (want, lines)
+    # A list item points at its own line and names its index.
+    assert any(line.startswith(f"edgeguard: {path}:6: protect.color.2: ") for line in lines), lines
+
+
+def test_yaml_syntax_error_reports_its_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write(tmp_path, "detector:\n  model: yolox_nano\n  classes: [person\nprotect:\n  style: fill\n")
+    code, _, err = cli(capsys, "check-config", "-c", path)
+    assert code == 2
+    (line,) = err.splitlines()
+    assert re.match(rf"edgeguard: {re.escape(str(path))}:\d+: invalid YAML: ", line), line
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("- detector\n- protect\n", ":1: the top level must be a mapping of sections"),
+        ("detector: 7\n", ":1: detector: "),
+    ],
+)
+def test_wrong_shapes(text: str, message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write(tmp_path, text)
+    code, _, err = cli(capsys, "check-config", "-c", path)
+    assert code == 2
+    (line,) = err.splitlines()
+    assert line.startswith(f"edgeguard: {path}{message}"), line
+
+
+def test_empty_file_means_defaults(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write(tmp_path, "# nothing set\n")
+    assert cli(capsys, "check-config", "-c", path)[0] == 0
+    assert load_config(path) == Config()
+
+
+def test_missing_file_is_a_usage_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = cli(capsys, "check-config", "-c", tmp_path / "nope.yaml")
+    assert code == 2
+    (line,) = err.splitlines()
+    assert "nope.yaml: cannot read" in line
+
+
+def test_config_from_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write(tmp_path, "protect:\n  dilate: -1\n")
+    monkeypatch.setenv("EDGEGUARD_CONFIG", str(path))
+    code, _, err = cli(capsys, "check-config")
+    assert code == 2
+    assert err.splitlines() == [f"edgeguard: {path}:2: protect.dilate: Input should be greater than or equal to 0"]
+
+
+# ------------------------------------------------------------------ --set
+
+
+def test_set_overrides_the_file(tmp_path: Path) -> None:
+    path = write(tmp_path, "protect:\n  style: blur\n  color: [1, 2, 3]\n")
+    cfg = load_config(path, ["protect.style=fill", "protect.color=[255, 0, 255]", "detector.classes=[person, face]"])
+    assert cfg.protect.style == "fill"
+    assert cfg.protect.color == (255, 0, 255)
+    assert cfg.detector.classes == ["person", "face"]
+
+
+@pytest.mark.parametrize(
+    ("item", "message"),
+    [
+        ("detector.confidence=1.5", "--set detector.confidence: Input should be less than or equal to 1"),
+        ("detector.modle=yolox_nano", "--set detector.modle: unknown key"),
+        ("protect.blur_kernel=8", "--set protect.blur_kernel: must be odd"),
+        ("=3", "--set =3: expected KEY=VALUE with a dotted key"),
+        ("detector..model=x", "--set detector..model=x: expected KEY=VALUE with a dotted key"),
+    ],
+)
+def test_set_errors_name_the_set_key(item: str, message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = cli(capsys, "check-config", "--set", item)
+    assert code == 2
+    assert err.splitlines() == [f"edgeguard: {message}"]
+
+
+def test_set_error_beats_a_file_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write(tmp_path, "detector:\n  confidence: 0.5\n")
+    code, _, err = cli(capsys, "check-config", "-c", path, "--set", "detector.confidence=7")
+    assert code == 2
+    assert err.splitlines() == ["edgeguard: --set detector.confidence: Input should be less than or equal to 1"]
+
+
+def test_set_unknown_section_names_the_set_key(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = cli(capsys, "check-config", "--set", "telemetry.enabled=true")
+    assert code == 2
+    (line,) = err.splitlines()
+    assert line.startswith("edgeguard: --set telemetry"), line
+
+
+def test_set_invalid_yaml_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = cli(capsys, "check-config", "--set", "detector.classes=[person")
+    assert code == 2
+    (line,) = err.splitlines()
+    assert line.startswith("edgeguard: --set detector.classes: value is not valid YAML")
+
+
+def test_load_config_raises_config_error_with_problems() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(None, ["detector.nms=2", "video.crf=99"])
+    assert sorted(info.value.problems) == [
+        "--set detector.nms: Input should be less than or equal to 1",
+        "--set video.crf: Input should be less than or equal to 51",
+    ]
+    assert info.value.exit_code == 2
+
+
+def test_config_is_frozen() -> None:
+    cfg = Config()
+    with pytest.raises(ValueError, match="frozen"):
+        cfg.detector.confidence = 0.1  # type: ignore[misc]
+
+
+# ------------------------------------------------------------------ the shipped file
+
+
+def test_shipped_config_validates(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = cli(capsys, "check-config", "-c", SHIPPED)
+    assert code == 0, err
+    assert out.strip() == f"{SHIPPED}: ok"
+
+
+def test_shipped_config_equals_the_defaults() -> None:
+    assert load_config(SHIPPED) == Config()
+    assert load_config(SHIPPED).model_dump(mode="json") == dump_defaults()
+
+
+def test_shipped_config_mentions_every_key() -> None:
+    text = SHIPPED.read_text(encoding="utf-8")
+    keys = list(model_keys(Config))
+    assert "detector.files.weights" in keys and "daemon.pause_seconds" in keys  # the walk really recurses
+    for key in keys:
+        leaf = key.rsplit(".", 1)[-1]
+        assert re.search(rf"^\s*{re.escape(leaf)}:", text, re.M), f"{key} is not in {SHIPPED.name}"
+    # ... and as real keys at the right place, not only in comments.
+    in_file = set(yaml_keys(yaml.safe_load(text)))
+    assert sorted(set(keys) - in_file) == []
+    assert sorted(in_file - set(keys)) == []

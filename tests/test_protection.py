@@ -1,0 +1,169 @@
+"""Protection on synthetic frames: exactly the masked (dilated) pixels change, nothing else."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+import pytest
+
+from edgeguard.config import ProtectConfig
+from edgeguard.detections import Detections
+from edgeguard.protection import grow, hide, rasterize
+
+Image = npt.NDArray[np.uint8]
+
+
+def noise(h: int, w: int, seed: int = 0) -> Image:
+    """Random pixels: any blur or pixelation changes (almost) every one of them."""
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def box_detections(boxes: list[tuple[int, int, int, int]], w: int, h: int) -> Detections:
+    arr = np.array(boxes, np.int32).reshape(-1, 4)
+    return Detections(arr, np.full(len(boxes), 0.9, np.float32), ("person",) * len(boxes), None, (w, h))
+
+
+def changed(a: Image, b: Image) -> npt.NDArray[np.bool_]:
+    return np.asarray((a != b).any(axis=2))
+
+
+@pytest.mark.parametrize("style", ["blur", "pixelate", "fill"])
+def test_only_masked_pixels_change(style: str) -> None:
+    h, w = 120, 160
+    img = noise(h, w)
+    det = box_detections([(30, 20, 70, 90), (100, 50, 130, 110)], w, h)
+    mask = rasterize(det, w, h, shape="box", dilate=5)
+    cfg = ProtectConfig(style=style, color=(10, 200, 30), blur_kernel=15, pixelate_block=8)
+    out = hide(img.copy(), mask, cfg)
+    diff = changed(img, out)
+    assert not diff[mask == 0].any(), "a pixel outside the (dilated) mask was touched"
+    # Noise: blurring/pixelating changes nearly every masked pixel (a few may keep their value by chance).
+    assert diff[mask > 0].mean() > 0.98
+    if style == "fill":
+        assert (out[mask > 0] == (30, 200, 10)).all(), "fill colour is RGB in the config, BGR in the frame"
+
+
+def test_hide_returns_the_same_array_and_an_empty_mask_is_a_no_op() -> None:
+    img = noise(40, 50)
+    before = img.copy()
+    mask = np.zeros((40, 50), np.uint8)
+    for style in ("blur", "pixelate", "fill"):
+        assert hide(img, mask, ProtectConfig(style=style)) is img
+    assert (img == before).all()
+
+
+def test_blur_really_hides_the_content() -> None:
+    # A fine checkerboard is unreadable after a 51-px Gaussian: what remains is near-uniform grey.
+    h, w = 200, 200
+    yy, xx = np.mgrid[0:h, 0:w]
+    board = np.where(((yy // 2) + (xx // 2)) % 2 == 0, 255, 0).astype(np.uint8)
+    img = np.repeat(board[:, :, None], 3, axis=2)
+    mask = np.zeros((h, w), np.uint8)
+    mask[50:150, 50:150] = 255
+    out = hide(img.copy(), mask, ProtectConfig(style="blur", blur_kernel=51))
+    inner = out[60:140, 60:140].astype(int)
+    assert inner.std() < 5
+    assert abs(inner.mean() - 127.5) < 10
+    assert (out[mask == 0] == img[mask == 0]).all()
+
+
+def test_pixelate_blocks_are_uniform_and_on_the_frame_grid() -> None:
+    h, w, b = 128, 160, 16  # frame size a multiple of the block
+    img = noise(h, w)
+    mask = np.zeros((h, w), np.uint8)
+    mask[21:99, 37:130] = 255
+    out = hide(img.copy(), mask, ProtectConfig(style="pixelate", pixelate_block=b))
+    checked = 0
+    for y in range(0, h, b):
+        for x in range(0, w, b):
+            if (mask[y : y + b, x : x + b] > 0).all():
+                block = out[y : y + b, x : x + b].reshape(-1, 3)
+                assert (block == block[0]).all(), f"block at {(x, y)} is not uniform"
+                # Each block is the mean of the pixels under it.
+                assert np.abs(block[0].astype(int) - img[y : y + b, x : x + b].reshape(-1, 3).mean(0)).max() <= 1
+                checked += 1
+    assert checked >= 12
+
+
+def test_pixelate_blocks_stay_on_the_grid_at_the_frame_edge() -> None:
+    h, w, b = 100, 100, 16  # 100 is not a multiple of 16: e.g. 640x360 video with the default block
+    img = noise(h, w)
+    mask = np.zeros((h, w), np.uint8)
+    mask[40:, 40:] = 255  # a person touching the bottom-right corner
+    out = hide(img.copy(), mask, ProtectConfig(style="pixelate", pixelate_block=b))
+    for y in range(48, h, b):
+        for x in range(48, w, b):
+            block = out[y : y + b, x : x + b].reshape(-1, 3)
+            assert (block == block[0]).all(), f"block at {(x, y)} is not uniform"
+
+
+def distances(mask: npt.NDArray[np.uint8]) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+    """Euclidean and chessboard distance of every pixel to the nearest set pixel of `mask`."""
+    outside = np.where(mask > 0, 0, 255).astype(np.uint8)
+    l2 = cv2.distanceTransform(outside, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+    chess = cv2.distanceTransform(outside, cv2.DIST_C, 3)
+    return l2, chess
+
+
+def check_grown(raw: npt.NDArray[np.uint8], grown: npt.NDArray[np.uint8], d: int) -> None:
+    """Everything within d pixels of the area is covered; nothing more than d pixels away in x or y is."""
+    l2, chess = distances(raw)
+    assert (grown[l2 <= d] == 255).all(), "an edge pixel within the dilation distance is not covered"
+    assert not grown[chess > d].any(), "the dilation grew further than configured"
+    assert set(np.unique(grown)) <= {0, 255}
+
+
+def test_dilation_grows_a_box_by_exactly_the_configured_pixels() -> None:
+    h, w, d = 100, 120, 6
+    det = box_detections([(40, 30, 70, 60)], w, h)
+    raw = rasterize(det, w, h, shape="box", dilate=0)
+    assert (raw[30:60, 40:70] == 255).all() and raw.sum() // 255 == 30 * 30
+    mask = rasterize(det, w, h, shape="box", dilate=d)
+    check_grown(raw, mask, d)
+    mid_y, mid_x = 45, 55
+    # Straight out from each edge: covered up to d pixels, not d + 1.
+    assert mask[mid_y, 40 - d] == 255 and mask[mid_y, 40 - d - 1] == 0
+    assert mask[mid_y, 69 + d] == 255 and mask[mid_y, 69 + d + 1] == 0
+    assert mask[30 - d, mid_x] == 255 and mask[30 - d - 1, mid_x] == 0
+    assert mask[59 + d, mid_x] == 255 and mask[59 + d + 1, mid_x] == 0
+
+
+def test_dilation_of_an_instance_mask_covers_its_edge() -> None:
+    h, w, d = 80, 80, 4
+    yy, xx = np.mgrid[0:40, 0:40]
+    inst = (yy - 20) ** 2 + (xx - 20) ** 2 <= 15**2  # a disc inside its box
+    det = Detections(np.array([[20, 20, 60, 60]], np.int32), np.array([0.9], np.float32), ("person",), (inst,), (w, h))
+    raw = rasterize(det, w, h, shape="mask", dilate=0)
+    assert raw.sum() // 255 == inst.sum()
+    assert raw[20, 20] == 0, "shape=mask must follow the silhouette, not the box"
+    check_grown(raw, rasterize(det, w, h, shape="mask", dilate=d), d)
+    # shape=box ignores the silhouette.
+    box = rasterize(det, w, h, shape="box", dilate=0)
+    assert (box[20:60, 20:60] == 255).all() and box.sum() // 255 == 1600
+
+
+def test_dilation_at_the_frame_border_is_clipped_not_wrapped() -> None:
+    h, w = 50, 60
+    det = box_detections([(0, 0, 10, 10), (55, 45, 60, 50)], w, h)
+    mask = rasterize(det, w, h, shape="box", dilate=8)
+    assert mask.shape == (h, w)
+    assert mask[0, 0] == 255 and mask[49, 59] == 255
+    assert mask[0, 17] == 255 and mask[0, 19] == 0
+    assert mask[25, 30] == 0
+
+
+def test_grow_zero_and_empty_are_identity() -> None:
+    m = np.zeros((10, 10), np.uint8)
+    assert grow(m, 5) is m
+    m[3, 3] = 255
+    assert grow(m, 0) is m
+
+
+def test_fill_keeps_alpha_of_bgra_frames() -> None:
+    img = np.dstack([noise(30, 30), np.full((30, 30), 77, np.uint8)])
+    mask = np.zeros((30, 30), np.uint8)
+    mask[5:15, 5:15] = 255
+    out = hide(img.copy(), mask, ProtectConfig(style="fill", color=(255, 0, 255)))
+    assert (out[5:15, 5:15, :3] == (255, 0, 255)).all()
+    assert (out[:, :, 3] == 77).all()
