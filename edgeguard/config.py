@@ -99,6 +99,12 @@ class TemporalConfig(Section):
     motion_min_area: Annotated[float, Field(ge=0, le=1)] = 0.002
     # Pixels added around protection carried between keyframes (and around the area the motion check trusts).
     grow: Annotated[int, Field(ge=0, le=512)] = 24
+    # Keyframes look harder: they keep detections down to this score (never above
+    # detector.confidence), since their areas stand in for the frames around them.
+    keyframe_confidence: Annotated[float, Field(ge=0, le=1)] = 0.25
+    # Keyframes also look at the mirrored frame: always | never | auto (for models that flicker
+    # between frames and are cheap, like yolox_nano; not for Mask R-CNN).
+    keyframe_mirror: Literal["auto", "always", "never"] = "auto"
 
 
 class MediaConfig(Section):

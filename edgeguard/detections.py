@@ -46,6 +46,14 @@ class Detections:
     def empty(cls, frame_size: tuple[int, int]) -> Detections:
         return cls(np.zeros((0, 4), np.int32), np.zeros((0,), np.float32), (), None, frame_size)
 
+    def mirrored(self) -> Detections:
+        """The same instances in the left-right mirrored frame."""
+        w = self.frame_size[0]
+        boxes = self.boxes.copy()
+        boxes[:, 0], boxes[:, 2] = w - self.boxes[:, 2], w - self.boxes[:, 0]
+        masks = None if self.masks is None else tuple(np.ascontiguousarray(m[:, ::-1]) for m in self.masks)
+        return Detections(boxes, self.scores, self.classes, masks, self.frame_size)
+
     def merged(self, other: Detections) -> Detections:
         """Both sets together; masks survive only when both sides have them."""
         masks = None

@@ -81,6 +81,25 @@ def default_output(src: Path, out_dir: Path) -> Path:
     return out_dir / (src.stem + ".mp4" if kind == "video" else src.name)
 
 
+def keyframe_looker(detector: Detector, cfg: Config) -> Callable[[Image, bool], Detections]:
+    """Detection as the planner asks for it: `(frame, stands_in)`.
+
+    A keyframe whose areas are carried to the frames around it looks harder than
+    a lone frame, since a person there may score higher than here: it keeps
+    detections down to temporal.keyframe_confidence and, for models whose
+    detections flicker (temporal.keyframe_mirror), also looks at the mirrored frame.
+    """
+    t = cfg.temporal
+    mirror = t.keyframe_mirror == "always" or (t.keyframe_mirror == "auto" and detector.mirror_keyframes)
+
+    def look(image: Image, stands_in: bool) -> Detections:
+        if stands_in:
+            return detector.detect(image, t.keyframe_confidence, mirror=mirror)
+        return detector.detect(image)
+
+    return look
+
+
 class Engine:
     """Holds the loaded model; protects one file at a time."""
 
@@ -88,6 +107,7 @@ class Engine:
         self.cfg = cfg
         self.detector = detector if detector is not None else create_detector(cfg)
         self.detector.want_masks = cfg.protect.shape == "mask"
+        self.look = keyframe_looker(self.detector, cfg)
 
     def protect_file(
         self,
@@ -161,10 +181,10 @@ class Engine:
         found = 0
         written = 0
 
-        def detect(image: Image) -> Detections:
+        def detect(image: Image, stands_in: bool) -> Detections:
             nonlocal found
             t0 = time.perf_counter()
-            det = self._detect(image, src)
+            det = self._detect(image, src, stands_in)
             stats.inference += time.perf_counter() - t0
             found += len(det)
             return det
@@ -222,9 +242,9 @@ class Engine:
         shape = c.shape if self.detector.has_masks else "box"
         return rasterize(det, width, height, shape=shape, dilate=c.dilate)
 
-    def _detect(self, img: Image, src: Path) -> Detections:
+    def _detect(self, img: Image, src: Path, stands_in: bool = False) -> Detections:
         try:
-            return self.detector.detect(img)
+            return self.look(img, stands_in)
         except EdgeguardError:
             raise
         except Exception as exc:

@@ -69,7 +69,7 @@ class Planner(Generic[T]):
     def __init__(
         self,
         cfg: TemporalConfig,
-        detect: Callable[[Image], Detections],
+        detect: Callable[[Image, bool], Detections],  # (frame, stands in for carried frames)
         rasterize: Callable[[Detections, int, int], Mask],
     ) -> None:
         self.cfg = cfg
@@ -94,7 +94,9 @@ class Planner(Generic[T]):
     def _key(self, index: int, image: Image, small: npt.NDArray[np.uint8]) -> Key:
         h, w = image.shape[:2]
         t0 = time.perf_counter()
-        det = self.detect(image)
+        # A keyframe whose areas stand in for carried frames looks harder (the detector callback
+        # decides how); every frame its own keyframe (interval 1) need not.
+        det = self.detect(image, self.cfg.keyframe_interval > 1)
         self._detect_time += time.perf_counter() - t0
         mask = self.rasterize(det, w, h)
         self.keyframes += 1

@@ -13,6 +13,7 @@ import pytest
 from edgeguard.config import Config, TemporalConfig, load_config
 from edgeguard.detections import Detections
 from edgeguard.detectors import Detector, create_detector
+from edgeguard.engine import keyframe_looker
 from edgeguard.media.video import VideoReader
 from edgeguard.protection import rasterize
 from edgeguard.temporal import IDENTITY, Planned, Planner, swept_hulls
@@ -20,7 +21,8 @@ from tests.conftest import media
 
 
 def _planner(det: Detector, cfg: Config) -> Planner[int]:
-    return Planner(cfg.temporal, det.detect, lambda d, w, h: rasterize(d, w, h, shape="box", dilate=cfg.protect.dilate))
+    look = keyframe_looker(det, cfg)
+    return Planner(cfg.temporal, look, lambda d, w, h: rasterize(d, w, h, shape="box", dilate=cfg.protect.dilate))
 
 
 def _frames(path: Path, n: int) -> list[np.ndarray]:
@@ -55,7 +57,9 @@ def test_carried_frames_cover_both_neighbouring_keyframes(yolox: tuple[Detector,
 def test_carry_follows_camera_motion() -> None:
     """With a panning camera the carried area moves along with both keyframes' areas."""
     cfg = TemporalConfig(grow=0)
-    planner: Planner[int] = Planner(cfg, lambda img: Detections.empty((64, 36)), lambda d, w, h: np.zeros((h, w), np.uint8))
+    planner: Planner[int] = Planner(
+        cfg, lambda img, _: Detections.empty((64, 36)), lambda d, w, h: np.zeros((h, w), np.uint8)
+    )
     w, h = 640, 360
     small = np.zeros((90, 160), np.uint8)
 
@@ -79,7 +83,13 @@ def test_carry_follows_camera_motion() -> None:
 
 
 def test_swept_hull_joins_matched_instances_only() -> None:
-    a = Detections(np.array([[0, 0, 10, 10], [100, 100, 110, 110]], np.int32), np.ones(2, np.float32), ("person", "car"), None, (200, 200))
+    a = Detections(
+        np.array([[0, 0, 10, 10], [100, 100, 110, 110]], np.int32),
+        np.ones(2, np.float32),
+        ("person", "car"),
+        None,
+        (200, 200),
+    )
     b = Detections(np.array([[12, 0, 22, 10]], np.int32), np.ones(1, np.float32), ("person",), None, (200, 200))
     hulls = swept_hulls(a, b, IDENTITY)
     assert len(hulls) == 1

@@ -7,6 +7,7 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -95,14 +96,34 @@ def candidate_names(name: str) -> list[str]:
     return [name] + [f"{stem}-{i}{sfx}" for i in range(1, 10000)]
 
 
-def move_noclobber(src: Path, folder: Path, name: str) -> Path:
+def move_noclobber(src: Path, folder: Path, name: str, before: Callable[[Path], None] | None = None) -> Path:
     """Move `src` into `folder` as `name` (or name-1, name-2, ...), never replacing a file.
 
     A hard link is the atomic "create only if absent"; a filesystem without
     hard links, or another filesystem, gets a copy that is fsynced first.
+    `before(dst)` is called with the chosen name before anything moves, so the
+    caller can record where the file is going (after a crash, `src` may be gone).
+    A move a crash interrupted after the link (`src` still there, and already
+    linked under a candidate name) is finished, not made a second time.
     """
+    src_st = src.lstat()
     for candidate in candidate_names(name):
         dst = folder / candidate
+        try:
+            dst_st = dst.lstat()
+        except FileNotFoundError:
+            pass
+        else:
+            if (dst_st.st_dev, dst_st.st_ino) != (src_st.st_dev, src_st.st_ino):
+                continue
+            if before is not None:
+                before(dst)
+            fsync_dir(folder)
+            src.unlink()
+            fsync_dir(src.parent)
+            return dst
+        if before is not None:
+            before(dst)
         try:
             os.link(src, dst)
         except FileExistsError:

@@ -152,9 +152,21 @@ class Jobs:
 
     def _publish(self, job_id: int, result: Result, name: str) -> Path:
         tmp = Path(result.output)
-        final = move_noclobber(tmp, self.folders.output, default_output(Path(name), self.folders.output).name)
+        # The name is recorded before the link: a crash right after it must not lead to a second output.
+        final = move_noclobber(
+            tmp,
+            self.folders.output,
+            default_output(Path(name), self.folders.output).name,
+            before=lambda dst: self.ledger.update(job_id, output=str(dst)),
+        )
         self.ledger.update(job_id, state=L.OUTPUT_DONE, output=str(final), progress=1.0)
         return final
+
+    def _recorded_final(self, job_id: int) -> Path | None:
+        """Where an interrupted move recorded it was taking the original, if the file is there."""
+        job = self.ledger.get(job_id)
+        final = Path(job.final_path) if job is not None and job.final_path else None
+        return final if final is not None and final.is_file() else None
 
     def _dispose_original(self, job_id: int, work: Path, name: str, state: str) -> None:
         policy = self.cfg.daemon.originals
@@ -165,7 +177,11 @@ class Jobs:
         else:
             folder = self.folders.quarantine if policy == "quarantine" else self.folders.processed
             if work.exists():
-                final = move_noclobber(work, folder, name)
+                final = move_noclobber(
+                    work, folder, name, before=lambda dst: self.ledger.update(job_id, final_path=str(dst))
+                )
+            else:  # moved before a crash
+                final = self._recorded_final(job_id)
         self.ledger.update(job_id, state=state, final_path=str(final) if final else None)
 
     def fail(self, job_id: int, reason: str, stage: str) -> str:
@@ -177,7 +193,15 @@ class Jobs:
     def _fail(self, job_id: int, work: Path, reason: str, stage: str) -> str:
         job = self.ledger.get(job_id)
         assert job is not None
-        final = move_noclobber(work, self.folders.failed, job.name) if work.exists() else None
+        if work.exists():
+            final: Path | None = move_noclobber(
+                work,
+                self.folders.failed,
+                job.name,
+                before=lambda dst: self.ledger.update(job_id, final_path=str(dst), stage=stage, reason=reason),
+            )
+        else:  # moved before a crash, or lost
+            final = self._recorded_final(job_id)
         target = final or self.folders.failed / job.name
         report = {
             "file": job.name,
@@ -217,6 +241,11 @@ class Jobs:
             elif job.state == L.OUTPUT_DONE:
                 log.info("job %d (%s): output was published before a crash; finishing", job.id, job.name)
                 self._dispose_original(job.id, work, job.name, L.DONE)
+            elif job.state == L.PROCESSING and job.output and Path(job.output).is_file():
+                # Linked into the output folder, but the crash came before OUTPUT_DONE was written.
+                log.info("job %d (%s): output was published before a crash; finishing", job.id, job.name)
+                self.ledger.update(job.id, state=L.OUTPUT_DONE)
+                self._dispose_original(job.id, work, job.name, L.DONE)
             elif not work.exists():
                 self._fail_lost(job)
             elif job.state == L.PROCESSING:
@@ -227,10 +256,20 @@ class Jobs:
                     job.attempts,
                     extra=_fields(job.name, job.id, "retry"),
                 )
-                self.ledger.update(job.id, state=L.QUEUED)
+                self.ledger.update(job.id, state=L.QUEUED, output=None)
         self._sweep_work()
 
     def _fail_lost(self, job: L.Job) -> None:
+        """The original left work before a crash: finish the step that moved it, or report it lost."""
+        final = self._recorded_final(job.id)
+        if final is not None and final.parent == self.folders.failed and job.reason:
+            log.info("job %d (%s): was being failed before a crash; finishing", job.id, job.name)
+            self._fail(job.id, Path(job.work_path), job.reason, job.stage or "recover")
+            return
+        if job.state == L.QUEUED and job.output:  # a duplicate, its original disposed of per policy
+            log.info("job %d (%s): duplicate, disposed of before a crash; finishing", job.id, job.name)
+            self.ledger.update(job.id, state=L.DUPLICATE, final_path=str(final) if final else None)
+            return
         self.ledger.update(job.id, state=L.FAILED, stage="recover", reason="original missing from work folder")
         log.error("job %d (%s): original missing from the work folder after a crash", job.id, job.name)
 

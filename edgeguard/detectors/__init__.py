@@ -55,6 +55,8 @@ def create_detector(cfg: Config) -> Detector:
         cv2.setNumThreads(cfg.detector.threads)
     manifest, files = model_files(cfg)
     target = dnn_target.choose(cfg.detector.target, cfg.detector.on_unavailable)
-    detector = plugin(manifest.backend)(cfg.detector, files, target, manifest.name, manifest.input_size)
+    detector = plugin(manifest.backend)(
+        cfg.detector, files, target, manifest.name, manifest.input_size, cfg.temporal.keyframe_confidence
+    )
     log.info("loaded model %s (%s) on %s", manifest.name, manifest.backend, target)
     return detector

@@ -49,6 +49,9 @@ class Detector(ABC):
     has_masks: bool = False
     #: the caller uses masks; a model may skip computing them when False
     want_masks: bool = True
+    #: `temporal.keyframe_mirror: auto` looks at mirrored keyframes too (for small models whose
+    #: detections flicker from frame to frame; cheap for them)
+    mirror_keyframes: bool = False
 
     def __init__(
         self,
@@ -57,9 +60,12 @@ class Detector(ABC):
         target: str,
         name: str,
         native_size: tuple[int, int] | None = None,
+        score_floor: float | None = None,
     ) -> None:
         self.cfg = cfg
         self.native_size = native_size
+        # The lowest score any caller may ask for (keyframes look harder than cfg.confidence).
+        self.score_floor = min(cfg.confidence, score_floor if score_floor is not None else cfg.confidence)
         self.target = target
         self.model_name = name
         self.labels = read_labels(files["labels"])
@@ -76,11 +82,18 @@ class Detector(ABC):
         self.class_ids = np.array([i for i, c in enumerate(self.labels) if c in wanted], np.int64)
 
     @abstractmethod
-    def _detect(self, image: Image) -> Detections:
-        """Instances of the wanted model classes (faces are added by `detect`)."""
+    def _detect(self, image: Image, confidence: float) -> Detections:
+        """Instances of the wanted model classes scoring at least `confidence` (faces are added by `detect`)."""
 
-    def detect(self, image: Image) -> Detections:
-        found = self._detect(image) if len(self.class_ids) else Detections.empty(_size(image))
+    def detect(self, image: Image, confidence: float | None = None, *, mirror: bool = False) -> Detections:
+        """Instances in `image`; `confidence` (not below score_floor) overrides detector.confidence.
+
+        `mirror` also detects on the mirrored frame and adds what only that finds.
+        """
+        conf = self.cfg.confidence if confidence is None else max(confidence, self.score_floor)
+        found = self._detect(image, conf) if len(self.class_ids) else Detections.empty(_size(image))
+        if mirror and len(self.class_ids):
+            found = found.merged(self._detect(np.ascontiguousarray(image[:, ::-1]), conf).mirrored())
         if self.faces is not None:
             found = found.merged(self.faces.detect(image))
         return found

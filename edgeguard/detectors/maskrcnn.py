@@ -48,14 +48,15 @@ class MaskRCNN(Detector):
         target: str,
         name: str,
         native_size: tuple[int, int] | None = None,
+        score_floor: float | None = None,
     ) -> None:
-        super().__init__(cfg, files, target, name, native_size)
+        super().__init__(cfg, files, target, name, native_size, score_floor)
         try:
             graph = tune_graph(
                 files["graph"].read_text(encoding="utf-8"),
                 keep_top_k=cfg.max_detections,
                 # The graph's own floor (0.3) would hide detections a lower configured threshold wants.
-                confidence=min(cfg.confidence, 0.3),
+                confidence=min(self.score_floor, 0.3),
             )
             # Buffers must be uint8 arrays: OpenCV's binding crashes on `bytes` here.
             self.net = cv2.dnn.readNetFromTensorflow(
@@ -68,7 +69,7 @@ class MaskRCNN(Detector):
         self.wanted = np.zeros(max(len(self.labels), 91), np.bool_)
         self.wanted[self.class_ids] = True
 
-    def _detect(self, image: Image) -> Detections:
+    def _detect(self, image: Image, confidence: float) -> Detections:
         h, w = image.shape[:2]
         size = (w, h)
         if self.cfg.input_size and max(w, h) > self.cfg.input_size:
@@ -83,7 +84,7 @@ class MaskRCNN(Detector):
             rows, masks = self.net.forward(OUTPUTS[:1])[0], None
         rows = rows.reshape(-1, 7)
         cls = rows[:, 1].astype(np.int64)
-        valid = (rows[:, 2] >= self.cfg.confidence) & (cls >= 0) & (cls < len(self.wanted))
+        valid = (rows[:, 2] >= confidence) & (cls >= 0) & (cls < len(self.wanted))
         keep = np.flatnonzero(valid & self.wanted[np.where(valid, cls, 0)])
         if len(keep) == 0:
             return Detections.empty((w, h))

@@ -38,6 +38,8 @@ def _grid(size: int) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
 
 class YoloX(Detector):
     type_key = "yolox"
+    # A nano model's detections flicker between frames; a mirrored look at keyframes costs ~30 ms.
+    mirror_keyframes = True
 
     def __init__(
         self,
@@ -46,8 +48,9 @@ class YoloX(Detector):
         target: str,
         name: str,
         native_size: tuple[int, int] | None = None,
+        score_floor: float | None = None,
     ) -> None:
-        super().__init__(cfg, files, target, name, native_size)
+        super().__init__(cfg, files, target, name, native_size, score_floor)
         self.size = cfg.input_size or (native_size[0] if native_size else NATIVE_SIZE)
         if self.size % 32:
             raise ConfigError([f"detector.input_size: {name} needs a multiple of 32, not {self.size}"])
@@ -63,7 +66,7 @@ class YoloX(Detector):
         self.offsets, self.strides = _grid(self.size)
         self.person = self.labels.index("person") if "person" in self.labels else -1
 
-    def _detect(self, image: Image) -> Detections:
+    def _detect(self, image: Image, confidence: float) -> Detections:
         h, w = image.shape[:2]
         r = min(self.size / w, self.size / h)
         nw, nh = max(1, round(w * r)), max(1, round(h * r))
@@ -75,7 +78,7 @@ class YoloX(Detector):
         scores_all = scores_all[:, self.class_ids]
         best = scores_all.argmax(axis=1)
         score = scores_all[np.arange(len(best)), best]
-        keep = np.flatnonzero(score >= self.cfg.confidence)
+        keep = np.flatnonzero(score >= confidence)
         if len(keep) == 0:
             return Detections.empty((w, h))
         o = out[keep]
@@ -84,9 +87,7 @@ class YoloX(Detector):
         xyxy = np.concatenate([centre - half, centre + half], axis=1) / r
         cls = self.class_ids[best[keep]]
         xywh = np.concatenate([xyxy[:, :2], xyxy[:, 2:] - xyxy[:, :2]], axis=1)
-        picked = cv2.dnn.NMSBoxesBatched(
-            xywh.tolist(), score[keep].tolist(), cls.tolist(), self.cfg.confidence, self.cfg.nms
-        )
+        picked = cv2.dnn.NMSBoxesBatched(xywh.tolist(), score[keep].tolist(), cls.tolist(), confidence, self.cfg.nms)
         idx = np.asarray(picked, np.int64).reshape(-1)
         boxes = clip_boxes(xyxy[idx], w, h)
         names = tuple(self.labels[c] for c in cls[idx])
