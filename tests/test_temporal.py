@@ -3,6 +3,7 @@ a person who walks in between keyframes is hidden from the frame the motion chec
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -47,7 +48,7 @@ def test_carried_frames_cover_both_neighbouring_keyframes(yolox: tuple[Detector,
     keys = [i for i, p in enumerate(planned) if p.keyframe]
     assert keys[0] == 0 and keys[-1] == len(images) - 1
     assert any(not p.keyframe for p in planned), "the test needs carried frames"
-    for a, b in zip(keys, keys[1:], strict=False):
+    for a, b in itertools.pairwise(keys):
         union = (planned[a].mask > 0) | (planned[b].mask > 0)
         for p in planned[a + 1 : b]:
             assert not (union & (p.mask == 0)).any(), f"frame {p.item} hides less than keyframes {a} and {b}"
@@ -108,7 +109,7 @@ def _person_sprite(det: Detector) -> np.ndarray:
 
 
 def test_person_walking_in_between_keyframes_is_hidden_from_the_motion_frame(yolox: tuple[Detector, Config]) -> None:
-    det, base = yolox
+    det, _ = yolox
     cfg = load_config(None, ["detector.model=yolox_nano", "temporal.keyframe_interval=300"])
     background = _frames(media("vtest.avi"), 1)[0]
     # A still scene without people: the top band of the campus clip, stretched.
