@@ -90,7 +90,7 @@ class TemporalConfig(Section):
     """Detect on keyframes and carry protection between them, safely."""
 
     # Detect at least every this many frames; 1 = every frame (the seed's loop).
-    keyframe_interval: Annotated[int, Field(ge=1, le=300)] = 12
+    keyframe_interval: Annotated[int, Field(ge=1, le=300)] = 16
     # Force a fresh detection when something changes outside the protected area.
     motion_check: bool = True
     # Grey-level change (0..255) that counts as motion.

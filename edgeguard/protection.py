@@ -52,16 +52,18 @@ def hide(image: Image, mask: Mask, cfg: ProtectConfig) -> Image:
     if w == 0:
         return image
     color = image[:, :, :3]
-    if cfg.style == "fill":
-        r, g, b = cfg.color
-        color[mask > 0] = (b, g, r)
-        return image
     H, W = mask.shape
-    if cfg.style == "blur":
+    if cfg.style == "fill":
+        x0, y0, x1, y1 = x, y, x + w, y + h
+        r, g, b = cfg.color
+        done = np.empty((h, w, 3), np.uint8)
+        done[:] = (b, g, r)
+    elif cfg.style == "blur":
         # Blur a margin around the area too so the kernel sees real neighbours, not a border.
+        # Stack blur looks like a Gaussian but costs the same at any kernel size.
         m = cfg.blur_kernel // 2
         x0, y0, x1, y1 = max(0, x - m), max(0, y - m), min(W, x + w + m), min(H, y + h + m)
-        done = cv2.GaussianBlur(color[y0:y1, x0:x1], (cfg.blur_kernel, cfg.blur_kernel), 0)
+        done = cv2.stackBlur(np.ascontiguousarray(color[y0:y1, x0:x1]), (cfg.blur_kernel, cfg.blur_kernel))
     else:
         # Blocks sit on the frame's grid so they do not crawl as the area moves; at the right
         # and bottom edges the last blocks are padded (edge pixels repeated) to full size.
@@ -75,6 +77,11 @@ def hide(image: Image, mask: Mask, cfg: ProtectConfig) -> Image:
         rh, rw = roi.shape[:2]
         small = cv2.resize(roi, (rw // b, rh // b), interpolation=cv2.INTER_AREA)
         done = cv2.resize(small, (rw, rh), interpolation=cv2.INTER_NEAREST)[: y1 - y0, : x1 - x0]
-    sel = mask[y0:y1, x0:x1] > 0
-    color[y0:y1, x0:x1][sel] = done[sel]
+    region = color[y0:y1, x0:x1]
+    # A masked copy in OpenCV is ~40x faster than NumPy boolean indexing on a 720p area. It writes
+    # into the frame directly, except for the colour channels of a BGRA image (a strided view).
+    target = region if image.shape[2] == 3 else np.ascontiguousarray(region)
+    out = cv2.copyTo(np.ascontiguousarray(done), mask[y0:y1, x0:x1], target)
+    if not np.shares_memory(out, region):
+        region[...] = out
     return image
