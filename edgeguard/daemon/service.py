@@ -59,6 +59,7 @@ class Worker(threading.Thread):
         self.ready = threading.Event()
         self.failed_start: BaseException | None = None
         self.busy = False  # set by the main loop when it hands over a task
+        self.done = threading.Event()  # set when a task ends
         self.current: str | None = None
         self.started_at = 0.0
         self.last_progress = time.monotonic()
@@ -90,6 +91,7 @@ class Worker(threading.Thread):
             finally:
                 self.current = None
                 self.busy = False
+                self.done.set()  # wake the main loop: the next file is handed over now, not next tick
         self.ledger.close()
 
     def replace(self, setup: Setup) -> None:
@@ -220,7 +222,9 @@ class Service:
                 )
             elif now >= max(paused_until, worker.retry_after) and not self.hup.is_set():
                 paused_until = self._hand_over(setup, worker, arrivals, now)
-            self.stop.wait(TICK)
+            # Signals are seen within a tick; a finished file wakes the loop at once.
+            worker.done.wait(TICK)
+            worker.done.clear()
         return setup
 
     def _hand_over(self, setup: Setup, worker: Worker, arrivals: Arrivals, now: float) -> float:
