@@ -47,8 +47,10 @@ unit: setup
 
 test: lint typecheck unit
 
+# The speed/privacy table of the README (about 20 minutes on 2 cores), then seconds per frame per DNN target.
 bench: setup
 	$(BIN)/python -m bench.run
+	$(BIN)/python -m bench.targets
 
 install:
 	$(SUDO) systemd/install.sh
