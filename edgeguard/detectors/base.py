@@ -80,6 +80,11 @@ class Detector(ABC):
         if unknown:
             raise ConfigError([f"detector.classes: {', '.join(map(repr, unknown))} not a class of {name}"])
         self.class_ids = np.array([i for i, c in enumerate(self.labels) if c in wanted], np.int64)
+        self._load(files)
+
+    @abstractmethod
+    def _load(self, files: Mapping[str, Path]) -> None:
+        """Read the model files and place the network on `self.target`."""
 
     @abstractmethod
     def _detect(self, image: Image, confidence: float) -> Detections:

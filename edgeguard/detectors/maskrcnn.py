@@ -10,7 +10,6 @@ import cv2
 import numpy as np
 
 from edgeguard import dnn_target
-from edgeguard.config import DetectorConfig
 from edgeguard.detections import Detections, clip_boxes
 from edgeguard.detectors.base import Detector, Image
 from edgeguard.errors import SetupError
@@ -41,16 +40,8 @@ def tune_graph(text: str, *, keep_top_k: int, confidence: float) -> str:
 class MaskRCNN(Detector):
     type_key = "maskrcnn"
 
-    def __init__(
-        self,
-        cfg: DetectorConfig,
-        files: Mapping[str, Path],
-        target: str,
-        name: str,
-        native_size: tuple[int, int] | None = None,
-        score_floor: float | None = None,
-    ) -> None:
-        super().__init__(cfg, files, target, name, native_size, score_floor)
+    def _load(self, files: Mapping[str, Path]) -> None:
+        cfg, name = self.cfg, self.model_name
         try:
             graph = tune_graph(
                 files["graph"].read_text(encoding="utf-8"),
@@ -64,7 +55,7 @@ class MaskRCNN(Detector):
             )
         except (OSError, cv2.error) as exc:
             raise SetupError(f"cannot load {name} from {files['weights']}: {_first_line(exc)}") from exc
-        dnn_target.apply(self.net, target)
+        dnn_target.apply(self.net, self.target)
         self.has_masks = True
         self.wanted = np.zeros(max(len(self.labels), 91), np.bool_)
         self.wanted[self.class_ids] = True

@@ -15,7 +15,6 @@ import numpy as np
 import numpy.typing as npt
 
 from edgeguard import dnn_target
-from edgeguard.config import DetectorConfig
 from edgeguard.detections import Detections, clip_boxes
 from edgeguard.detectors.base import Detector, Image
 from edgeguard.errors import ConfigError, SetupError
@@ -41,17 +40,9 @@ class YoloX(Detector):
     # A nano model's detections flicker between frames; a mirrored look at keyframes costs ~30 ms.
     mirror_keyframes = True
 
-    def __init__(
-        self,
-        cfg: DetectorConfig,
-        files: Mapping[str, Path],
-        target: str,
-        name: str,
-        native_size: tuple[int, int] | None = None,
-        score_floor: float | None = None,
-    ) -> None:
-        super().__init__(cfg, files, target, name, native_size, score_floor)
-        self.size = cfg.input_size or (native_size[0] if native_size else NATIVE_SIZE)
+    def _load(self, files: Mapping[str, Path]) -> None:
+        cfg, name, target = self.cfg, self.model_name, self.target
+        self.size = cfg.input_size or (self.native_size[0] if self.native_size else NATIVE_SIZE)
         if self.size % 32:
             raise ConfigError([f"detector.input_size: {name} needs a multiple of 32, not {self.size}"])
         try:

@@ -1,0 +1,271 @@
+"""SIGKILL the real daemon at random moments, restart it, and check nothing is lost or doubled.
+
+Each trial drops a few files (small images and short clips, all with distinct
+content), starts the daemon, kills it after a seeded random delay that lands
+anywhere in claim, processing, publishing or disposing, and starts the next
+trial. A final clean run drains everything. Then every input must be in exactly
+one final place, and the ledger must agree with the folders.
+
+EDGEGUARD_CRASH_SEED and EDGEGUARD_CRASH_TRIALS change the seed and the number of trials.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import pytest
+
+from edgeguard.config import Config
+from edgeguard.daemon import folders as folders_mod
+from edgeguard.daemon.folders import prepare
+from edgeguard.daemon.jobs import Jobs
+from edgeguard.daemon.ledger import Ledger
+from edgeguard.engine import Engine
+from tests.conftest import media
+from tests.daemon.conftest import Clips, Daemon, frame_count, names, sha256, tagged_jpeg
+
+SEED = int(os.environ.get("EDGEGUARD_CRASH_SEED", "20261124"))
+TRIALS = int(os.environ.get("EDGEGUARD_CRASH_TRIALS", "24"))
+IMAGES = ("city.jpg", "000000038829.jpg", "000000465822.jpg")
+MAX_DELAY = 2.5  # seconds between READY=1 and SIGKILL
+
+
+@dataclass(frozen=True)
+class Input:
+    name: str
+    sha256: str
+    frames: int  # 1 for an image
+    size: tuple[int, int] | None  # width, height of an image
+
+
+class Inputs:
+    """Makes new input files with content no other input has."""
+
+    def __init__(self, rng: random.Random, clips: Clips, stage: Path) -> None:
+        self.rng = rng
+        self.clips = clips
+        self.stage = stage
+        self.made: dict[str, Input] = {}
+        self._windows = [(start, count) for start in range(0, 50, 5) for count in (6, 8, 10)]
+        rng.shuffle(self._windows)
+
+    def make(self, trial: int, index: int) -> Path:
+        if self._windows and self.rng.random() < 0.35:
+            start, count = self._windows.pop()
+            name = f"t{trial:02d}-{index}.mp4"
+            path = self.stage / name
+            path.write_bytes(self.clips.clip(start, count).read_bytes())
+            self.made[name] = Input(name, sha256(path), count, None)
+        else:
+            src = media(self.rng.choice(IMAGES))
+            name = f"t{trial:02d}-{index}.jpg"
+            path = tagged_jpeg(src, self.stage / name, f"crash trial {trial} file {index}")
+            img = cv2.imread(str(src))
+            assert img is not None
+            self.made[name] = Input(name, sha256(path), 1, (img.shape[1], img.shape[0]))
+        return path
+
+
+def drop(d: Daemon, path: Path) -> None:
+    os.rename(path, d.incoming / path.name)
+
+
+def test_sigkill_at_random_moments_loses_nothing(daemon: Daemon, clips: Clips, tmp_path: Path) -> None:
+    d = daemon
+    rng = random.Random(SEED)
+    print(f"crash test: seed {SEED}, {TRIALS} trials")
+    d.configure(
+        daemon={"originals": "quarantine", "max_attempts": 3},
+        watch={"settle_seconds": 0.3, "rescan_seconds": 0.5},
+    )
+    stage = tmp_path / "stage"
+    stage.mkdir()
+    inputs = Inputs(rng, clips, stage)
+    # Make every clip up front so the trials' timing is not the encoder's.
+    for start in range(0, 50, 5):
+        for count in (6, 8, 10):
+            clips.clip(start, count)
+
+    killed_while: list[str] = []
+    for trial in range(TRIALS):
+        for i in range(rng.randint(1, 3)):
+            drop(d, inputs.make(trial, i))
+        late = inputs.make(trial, 9) if rng.random() < 0.5 else None
+        delay = rng.uniform(0.0, MAX_DELAY)
+        d.start()
+        if late is not None:
+            first = rng.uniform(0.0, delay)
+            time.sleep(first)
+            drop(d, late)
+            time.sleep(delay - first)
+        else:
+            time.sleep(delay)
+        d.kill()
+        states = {j["state"] for j in d.jobs()}
+        killed_while.append(",".join(sorted(states - {"done", "failed", "duplicate"})) or "-")
+        # Whatever the moment, the output folder only ever holds complete files.
+        assert [n for n in names(d.output) if n.startswith(".") or "partial" in n] == [], f"trial {trial}"
+    print("active ledger states at each kill:", killed_while)
+    assert sum("processing" in k for k in killed_while) >= 2, "the kills never hit a file being processed"
+
+    # A final clean run drains everything.
+    d.start()
+    d.wait_idle(timeout=120)
+    assert d.terminate(timeout=30) == 0
+    check_final(d, inputs.made)
+
+
+def check_final(d: Daemon, made: dict[str, Input]) -> None:
+    jobs = d.jobs()
+    assert names(d.incoming) == []
+    assert names(d.work) == []
+    assert sorted(j["name"] for j in jobs) == sorted(made), "each input claimed exactly once"
+    assert {j["state"] for j in jobs} <= {"done", "failed"}, [(j["name"], j["state"]) for j in jobs]
+
+    outputs, quarantined, failed = [], [], []
+    for job in jobs:
+        given = made[job["name"]]
+        assert job["sha256"] == given.sha256, job
+        final = Path(job["final_path"])
+        assert final.is_file(), job
+        assert sha256(final) == given.sha256, job
+        if job["state"] == "done":
+            out = Path(job["output"])
+            assert out.parent == d.output, job
+            # Names are unique, so a suffix (name-1) would be a second output for one input.
+            assert out.name == given.name, job
+            if given.size is None:
+                assert frame_count(out) == given.frames, job
+            else:
+                img = cv2.imread(str(out))
+                assert img is not None and (img.shape[1], img.shape[0]) == given.size, job
+            assert final == d.quarantine / given.name, job
+            outputs.append(out.name)
+            quarantined.append(final.name)
+        else:
+            assert final == d.failed / given.name, job
+            assert (d.failed / f"{given.name}.error.json").is_file(), job
+            assert d.error_report(given.name)["reason"], job
+            failed.append(final.name)
+    # The folders hold exactly what the ledger says: nothing extra, nothing hidden, nothing partial.
+    assert names(d.output) == sorted(outputs)
+    assert names(d.quarantine) == sorted(quarantined)
+    assert names(d.failed) == sorted([*failed, *(f"{n}.error.json" for n in failed)])
+    assert names(d.processed) == []
+    # Nothing lost: every input's bytes are in exactly one place.
+    kept = sorted(sha256(d.quarantine / n) for n in quarantined) + sorted(sha256(d.failed / n) for n in failed)
+    assert sorted(kept) == sorted(i.sha256 for i in made.values())
+    print(f"crash test: {len(made)} inputs, {len(outputs)} done, {len(failed)} failed")
+
+
+# ------------------------------------------------------------------ exact crash points, in-process
+
+
+class Crash(BaseException):
+    """Stands in for SIGKILL: nothing after it runs, nothing is cleaned up."""
+
+
+@pytest.fixture(scope="module")
+def engine(models_dir: Path) -> Iterator[Engine]:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("EDGEGUARD_MODELS_DIR", str(models_dir))
+        yield Engine(Config.model_validate({"detector": {"model": "yolox_nano"}}))
+
+
+def _jobs(root: Path, engine: Engine, **daemon: object) -> Jobs:
+    paths = {k: str(root / k) for k in ("incoming", "output", "quarantine", "failed", "processed", "work", "state")}
+    cfg = Config.model_validate({"detector": {"model": "yolox_nano"}, "paths": paths, "daemon": daemon})
+    folders = prepare(cfg.paths)
+    return Jobs(cfg, folders, Ledger(folders.ledger), Engine(cfg, engine.detector))
+
+
+def _drain(jobs: Jobs) -> None:
+    never = threading.Event()
+    while queued := jobs.queued():
+        jobs.run(queued[0], never, lambda _f: None)
+
+
+# The n-th directory fsync inside move_noclobber: odd = just linked, even = source just unlinked.
+CRASH_POINTS = {
+    ("publish", "linked"): 1,
+    ("publish", "moved"): 2,
+    ("dispose", "linked"): 3,
+    ("dispose", "moved"): 4,
+    ("fail", "linked"): 1,
+    ("fail", "moved"): 2,
+    ("duplicate", "linked"): 1,
+    ("duplicate", "moved"): 2,
+}
+
+
+@pytest.mark.parametrize(("step", "point"), sorted(CRASH_POINTS))
+def test_a_move_cut_short_is_finished_once_by_recovery(
+    tmp_path: Path, engine: Engine, monkeypatch: pytest.MonkeyPatch, step: str, point: str
+) -> None:
+    jobs = _jobs(tmp_path, engine, originals="quarantine", max_attempts=2)
+    f = jobs.folders
+    city = media("city.jpg")
+    if step == "duplicate":  # the same content, done earlier under another name
+        (f.incoming / "first.jpg").write_bytes(city.read_bytes())
+        first = jobs.claim(f.incoming / "first.jpg")
+        assert first is not None
+        _drain(jobs)
+    (f.incoming / "a.jpg").write_bytes(city.read_bytes())
+    job_id = jobs.claim(f.incoming / "a.jpg")
+    assert job_id is not None
+    if step == "fail":
+        jobs.ledger.update(job_id, attempts=2)  # a poison file: it goes straight to failed
+
+    calls = [0]
+    real_fsync_dir = folders_mod.fsync_dir
+
+    def crashing_fsync_dir(path: Path) -> None:
+        real_fsync_dir(path)
+        calls[0] += 1
+        if calls[0] == CRASH_POINTS[step, point]:
+            raise Crash
+
+    monkeypatch.setattr(folders_mod, "fsync_dir", crashing_fsync_dir)
+    with pytest.raises(Crash):
+        jobs.run(job_id, threading.Event(), lambda _f: None)
+    monkeypatch.setattr(folders_mod, "fsync_dir", real_fsync_dir)
+    jobs.ledger.close()
+
+    # The next start: recover, then take whatever is queued.
+    again = _jobs(tmp_path, engine, originals="quarantine", max_attempts=2)
+    again.recover()
+    _drain(again)
+    rows = {j.name: j for j in again.ledger.all()}
+    again.ledger.close()
+
+    job = rows["a.jpg"]
+    expected_state = {"publish": "done", "dispose": "done", "fail": "failed", "duplicate": "duplicate"}[step]
+    assert job.state == expected_state, job
+    assert names(f.work) == []
+    assert job.final_path is not None and Path(job.final_path).is_file(), job
+    assert sha256(Path(job.final_path)) == sha256(city)
+    if step == "fail":
+        assert names(f.failed) == ["a.jpg", "a.jpg.error.json"]
+        assert job.final_path == str(f.failed / "a.jpg")
+        report = json.loads((f.failed / "a.jpg.error.json").read_text(encoding="utf-8"))
+        assert report["stage"] == "poison" and "2 attempts" in report["reason"]
+        assert names(f.output) == names(f.quarantine) == []
+    elif step == "duplicate":
+        assert names(f.output) == ["first.jpg"]
+        assert job.output == str(f.output / "first.jpg")
+        assert names(f.quarantine) == ["a.jpg", "first.jpg"]
+        assert job.final_path == str(f.quarantine / "a.jpg")
+    else:
+        assert names(f.output) == ["a.jpg"], "one output, no a-1.jpg and nothing partial"
+        assert job.output == str(f.output / "a.jpg")
+        assert names(f.quarantine) == ["a.jpg"], "one original, no a-1.jpg"
+        assert job.final_path == str(f.quarantine / "a.jpg")
+        assert job.attempts == 1, "a published output is not made again"
