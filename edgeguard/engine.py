@@ -20,6 +20,7 @@ from edgeguard.config import Config
 from edgeguard.detections import Detections
 from edgeguard.detectors import create_detector
 from edgeguard.detectors.base import Detector
+from edgeguard.durable import fsync_file
 from edgeguard.errors import Cancelled, EdgeguardError, FileError, InputError
 from edgeguard.media import image as image_io
 from edgeguard.media import media_kind
@@ -130,7 +131,7 @@ class Engine:
             else:
                 frames, found = self._image(src, tmp, dst.suffix, observe)
                 stats = Stats(keyframes=1)
-            _fsync(tmp)
+            fsync_file(tmp)
             os.replace(tmp, dst)
         except FileError as exc:
             tmp.unlink(missing_ok=True)
@@ -249,11 +250,3 @@ class Engine:
             raise
         except Exception as exc:
             raise FileError(src, f"detection failed: {exc}", stage="detect") from exc
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -32,6 +32,7 @@ from typing import Any
 
 import yaml
 
+from edgeguard.durable import fsync_dir
 from edgeguard.errors import ConfigError, ModelChecksumError, ModelMissingError, SetupError
 
 logger = logging.getLogger(__name__)
@@ -563,15 +564,9 @@ def _place(staged: Path, final: Path, checksum: str | None, *, origin: Path | st
 
 def _fsync_dir(directory: Path) -> None:
     try:
-        fd = os.open(directory, os.O_RDONLY)
+        fsync_dir(directory)
     except OSError:
-        return  # not supported everywhere; the rename itself is still atomic
-    try:
-        os.fsync(fd)
-    except OSError:
-        logger.debug("cannot fsync %s", directory)
-    finally:
-        os.close(fd)
+        logger.debug("cannot fsync %s", directory)  # not supported everywhere; the rename is still atomic
 
 
 def _verify_archive(archive: Path, checksum: str | None) -> None:

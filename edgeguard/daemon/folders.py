@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgeguard.config import PathsConfig
+from edgeguard.durable import fsync_dir, fsync_file
 from edgeguard.errors import SetupError
 
 log = logging.getLogger(__name__)
@@ -65,22 +66,6 @@ def prepare(paths: PathsConfig) -> Folders:
                 path,
             )
     return folders
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def free_bytes(path: Path) -> int:

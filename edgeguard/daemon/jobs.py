@@ -19,7 +19,8 @@ from pathlib import Path
 from edgeguard import __version__
 from edgeguard.config import Config
 from edgeguard.daemon import ledger as L
-from edgeguard.daemon.folders import Folders, free_bytes, fsync_dir, fsync_file, move_noclobber
+from edgeguard.daemon.folders import Folders, move_noclobber
+from edgeguard.durable import fsync_dir, fsync_file
 from edgeguard.engine import Engine, Result, default_output, temp_name
 from edgeguard.errors import Cancelled, EdgeguardError, FileError
 from edgeguard.media import image as image_io
@@ -31,11 +32,14 @@ log = logging.getLogger(__name__)
 PARTIAL_MARK = ".partial"
 
 
-def sha256_of(path: Path) -> str:
+def sha256_of(path: Path, alive: Callable[[], None] | None = None) -> str:
+    """The file's sha256; `alive` is called every 64 MiB (the watchdog sees progress)."""
     h = hashlib.sha256()
     with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
+        for i, chunk in enumerate(iter(lambda: f.read(1 << 20), b"")):
             h.update(chunk)
+            if alive is not None and i % 64 == 63:
+                alive()
     return h.hexdigest()
 
 
@@ -49,15 +53,6 @@ class Jobs:
         self.engine = engine
 
     # ------------------------------------------------------------- claiming
-
-    def space_short(self, size: int) -> str | None:
-        """Why there is not room for an output of an input of `size` bytes, or None."""
-        d = self.cfg.daemon
-        need = d.min_free_mb * (1 << 20) + int(size * d.output_ratio)
-        free = free_bytes(self.folders.output)
-        if free < need:
-            return f"{free >> 20} MiB free on {self.folders.output}, need {need >> 20} MiB"
-        return None
 
     def claim(self, path: Path) -> int | None:
         """Move a settled file from incoming into work; None if it vanished meanwhile."""
@@ -91,7 +86,7 @@ class Jobs:
                 job_id, work, f"gave up after {job.attempts} attempts that crashed or hung the daemon", "poison"
             )
         try:
-            digest = job.sha256 or sha256_of(work)
+            digest = job.sha256 or sha256_of(work, lambda: progress(0.0))
         except OSError as exc:
             return self._fail(job_id, work, f"cannot read: {exc.strerror or exc}", "read")
         self.ledger.update(job_id, sha256=digest)
@@ -144,7 +139,7 @@ class Jobs:
 
         result = self.engine.protect_file(work, tmp, progress=report, cancel=cancel)
         try:
-            verify_output(Path(result.output), result)
+            verify_output(Path(result.output), result, lambda: progress(1.0))
         except BaseException:
             Path(result.output).unlink(missing_ok=True)
             raise
@@ -290,14 +285,16 @@ class Jobs:
         return [j.id for j in self.ledger.in_states(L.QUEUED)]
 
 
-def verify_output(path: Path, result: Result) -> None:
-    """The output decodes and has as many frames as were written."""
+def verify_output(path: Path, result: Result, alive: Callable[[], None] | None = None) -> None:
+    """The output decodes and has as many frames as were written; `alive` is called as it goes."""
     kind = media_kind(path)
     if kind == "video":
         frames = 0
         with video_io.VideoReader(path, max_pixels=1 << 30) as reader:
             for _ in reader.frames():
                 frames += 1
+                if alive is not None and frames % 50 == 0:
+                    alive()
         if frames != result.frames:
             raise FileError(path, f"output has {frames} frames, expected {result.frames}", stage="verify")
     else:
