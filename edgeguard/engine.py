@@ -44,7 +44,6 @@ class Stats:
     inference: float = 0.0
     protection: float = 0.0
     encode: float = 0.0
-    wall: float = 0.0
     planning: float = 0.0  # motion check and carry-over, on the inference thread
     idle: float = 0.0  # the inference thread waiting for decoded frames
     keyframes: int = 0
@@ -217,7 +216,6 @@ class Engine:
                 planner: Planner[video_io.Frame] = Planner(self.cfg.temporal, detect, self._rasterize)
                 decoder = Producer(reader.frames, QUEUE_FRAMES, "edgeguard-decode")
                 encoder: Consumer[Planned[video_io.Frame]] = Consumer(encode, QUEUE_FRAMES, "edgeguard-encode")
-                started = time.perf_counter()
                 try:
                     for planned in planner.run((f, f.image) for f in decoder):
                         if cancel is not None and cancel.is_set():
@@ -231,11 +229,13 @@ class Engine:
                     raise FileError(src, f"wrote {written} of {planner.frames} frames", stage="encode")
                 stats.decode = decoder.busy
                 stats.encode = encoder.busy - stats.protection
-                stats.wall = time.perf_counter() - started
                 stats.keyframes = planner.keyframes
                 stats.planning = planner.busy
                 stats.idle = planner.waited
                 stats.motion_keyframes = planner.motion_keyframes
+        log.debug(
+            "%s: %d keyframes of %d frames (%d forced by motion)", src, stats.keyframes, written, stats.motion_keyframes
+        )
         return written, found, stats
 
     def _rasterize(self, det: Detections, width: int, height: int) -> Mask:

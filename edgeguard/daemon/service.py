@@ -266,7 +266,12 @@ class Service:
         self.notifier.reloading()
         try:
             cfg = load_config(self.config_path, self.overrides)
-            same_model = cfg.detector == setup.cfg.detector and cfg.models == setup.cfg.models
+            same_model = (
+                cfg.detector == setup.cfg.detector
+                and cfg.models == setup.cfg.models
+                # the lowest score the loaded model returns depends on it (Mask R-CNN's graph)
+                and cfg.temporal.keyframe_confidence == setup.cfg.temporal.keyframe_confidence
+            )
             # The engine reads protect/video/media settings from its config: a new one around
             # the already loaded model, so they take effect without reloading the model.
             new = self._load(cfg, Engine(cfg, setup.engine.detector) if same_model else None)
