@@ -55,7 +55,8 @@ class Detections:
         return Detections(boxes, self.scores, self.classes, masks, self.frame_size)
 
     def merged(self, other: Detections) -> Detections:
-        """Both sets together; masks survive only when both sides have them."""
+        """Both sets together. If only one side has masks, the other's instances get
+        masks filling their whole box, so nothing of them is hidden less."""
         masks = None
         if self.masks is not None and other.masks is not None:
             masks = self.masks + other.masks

@@ -55,7 +55,6 @@ class YoloX(Detector):
             dnn_target.apply(self.seg, target)
         self.has_masks = self.seg is not None
         self.offsets, self.strides = _grid(self.size)
-        self.person = self.labels.index("person") if "person" in self.labels else -1
 
     def _detect(self, image: Image, confidence: float) -> Detections:
         h, w = image.shape[:2]
