@@ -6,17 +6,13 @@ input frame, and every person it finds must be covered by the fill colour in the
 
 from __future__ import annotations
 
-import json
-import shutil
 import struct
-import subprocess
 import threading
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
 
 import av
 import cv2
@@ -30,6 +26,7 @@ from edgeguard.detectors import create_detector
 from edgeguard.engine import Engine, Result
 from edgeguard.errors import Cancelled
 from tests.conftest import media
+from tests.support.probe import ffmpeg, ffprobe, frame_times, streams, top_level_boxes
 
 Image = npt.NDArray[np.uint8]
 RGB = (255, 0, 255)
@@ -42,49 +39,6 @@ MIN_PSNR = 30.0  # dB, far from every person, output vs input
 
 
 # ------------------------------------------------------------------ helpers
-
-
-def ffprobe(path: Path) -> dict[str, Any]:
-    exe = shutil.which("ffprobe")
-    if exe is None:
-        pytest.skip("FFPROBE NOT INSTALLED: cannot inspect the written MP4 (apt-get install ffmpeg)")
-    out = subprocess.run(
-        [exe, "-v", "error", "-show_format", "-show_streams", "-of", "json", str(path)],
-        check=True, capture_output=True, text=True,
-    ).stdout  # fmt: skip
-    result: dict[str, Any] = json.loads(out)
-    return result
-
-
-def streams(probe: dict[str, Any], kind: str) -> list[dict[str, Any]]:
-    return [s for s in probe["streams"] if s["codec_type"] == kind]
-
-
-def ffmpeg(*args: str | Path) -> None:
-    exe = shutil.which("ffmpeg")
-    if exe is None:
-        pytest.skip("FFMPEG NOT INSTALLED: cannot cut test clips (apt-get install ffmpeg)")
-    subprocess.run([exe, "-v", "error", "-y", *map(str, args)], check=True)
-
-
-def top_level_boxes(path: Path) -> list[str]:
-    data = path.read_bytes()
-    boxes, offset = [], 0
-    while offset + 8 <= len(data):
-        size = int.from_bytes(data[offset : offset + 4], "big")
-        boxes.append(data[offset + 4 : offset + 8].decode("latin-1"))
-        if size == 1:
-            size = int.from_bytes(data[offset + 8 : offset + 16], "big")
-        if size < 8:
-            break
-        offset += size
-    return boxes
-
-
-def frame_times(path: Path) -> list[Fraction]:
-    with av.open(str(path)) as container:
-        stream = container.streams.video[0]
-        return [Fraction(f.pts) * f.time_base for f in container.decode(stream) if f.pts is not None and f.time_base]
 
 
 def decode(path: Path) -> Iterator[Image]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -18,12 +17,12 @@ from av.audio.stream import AudioStream
 
 from edgeguard.errors import FileError, InputError
 from edgeguard.media import VIDEO_EXTENSIONS, Frame, VideoInfo, VideoReader, VideoWriter, media_kind
+from tests.support.probe import ffprobe, frame_times, streams, top_level_boxes
 
 REPO = Path(__file__).resolve().parents[2]
 SHARED = Path(os.environ.get("EDGEGUARD_SHARED", str(REPO.parent / "shared")))
 MEDIA = SHARED / "media"
 MAX_PIXELS = 40_000_000
-FFPROBE = shutil.which("ffprobe")
 
 
 def clip(name: str) -> Path:
@@ -31,44 +30,6 @@ def clip(name: str) -> Path:
     if not path.is_file():
         pytest.skip(f"SHARED MEDIA FILE ABSENT: {path} (set EDGEGUARD_SHARED to the shared dir)")
     return path
-
-
-def ffprobe(path: Path) -> dict[str, Any]:
-    if FFPROBE is None:
-        pytest.skip("FFPROBE NOT INSTALLED: cannot inspect the written MP4 (apt-get install ffmpeg)")
-    out = subprocess.run(
-        [FFPROBE, "-v", "error", "-show_format", "-show_streams", "-of", "json", str(path)],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    result: dict[str, Any] = json.loads(out)
-    return result
-
-
-def streams(probe: dict[str, Any], kind: str) -> list[dict[str, Any]]:
-    return [s for s in probe["streams"] if s["codec_type"] == kind]
-
-
-def top_level_boxes(path: Path) -> list[str]:
-    data = path.read_bytes()
-    boxes, offset = [], 0
-    while offset + 8 <= len(data):
-        size = int.from_bytes(data[offset : offset + 4], "big")
-        boxes.append(data[offset + 4 : offset + 8].decode("latin-1"))
-        if size == 1:
-            size = int.from_bytes(data[offset + 8 : offset + 16], "big")
-        if size < 8:
-            break
-        offset += size
-    return boxes
-
-
-def frame_times(path: Path) -> list[Fraction]:
-    """Presentation time of every decoded frame, in seconds, independent of the time base."""
-    with av.open(str(path)) as container:
-        stream = container.streams.video[0]
-        return [Fraction(f.pts) * f.time_base for f in container.decode(stream) if f.pts is not None and f.time_base]
 
 
 def roundtrip(src: Path, out: Path, **kwargs: Any) -> tuple[VideoInfo, list[Fraction]]:
