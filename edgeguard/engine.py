@@ -134,10 +134,10 @@ class Engine:
             os.replace(tmp, dst)
         except FileError as exc:
             tmp.unlink(missing_ok=True)
-            # Errors from the writer name the hidden temporary file; the user knows the input.
-            exc.path = src
-            exc.args = (f"{src}: {exc.reason}",)
-            raise
+            if exc.path == src:
+                raise
+            # The writers name the hidden temporary file; the user knows the input.
+            raise FileError(src, exc.reason, stage=exc.stage, transient=exc.transient) from exc
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise

@@ -81,11 +81,9 @@ class Planner(Generic[T]):
         self.busy = 0.0  # seconds in the motion check and carry-over (not detection)
         self._detect_time = 0.0
         self.waited = 0.0  # seconds waiting for decoded frames (idle)
-        self.full_width = MOTION_WIDTH
 
     def _small(self, image: Image) -> npt.NDArray[np.uint8]:
         h, w = image.shape[:2]
-        self.full_width = w
         sw = min(MOTION_WIDTH, w)
         sh = max(1, round(h * sw / w))
         grey = cv2.cvtColor(cv2.resize(image[:, :, :3], (sw, sh), interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2GRAY)
@@ -141,7 +139,7 @@ class Planner(Generic[T]):
             # Scenery that came into view counts as change once the strip is wider than the
             # margin carried areas get: anything narrower lies within the next keyframe's
             # (edge-clipped) boxes grown by that margin.
-            k = max(3, 2 * round(self.cfg.grow * small.shape[1] / self.full_width) + 1)
+            k = max(3, 2 * round(self.cfg.grow * small.shape[1] / key.mask.shape[1]) + 1)
             wide = cv2.morphologyEx(unseen.astype(np.uint8), cv2.MORPH_OPEN, np.ones((k, k), np.uint8))
             blobs |= wide
         n, _, stats, _ = cv2.connectedComponentsWithStats(blobs, connectivity=8)

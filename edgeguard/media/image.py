@@ -20,6 +20,7 @@ import numpy as np
 import numpy.typing as npt
 
 from edgeguard.errors import FileError, InputError
+from edgeguard.media.checks import check_input
 
 log = logging.getLogger(__name__)
 
@@ -234,14 +235,7 @@ def read_image(path: Path, *, max_pixels: int) -> Image:
     Raises InputError for a missing, empty, truncated or undecodable file, and
     for dimensions above `max_pixels` (checked from the header, before decoding).
     """
-    try:
-        file_size = path.stat().st_size
-    except FileNotFoundError as exc:
-        raise InputError(path, "file does not exist") from exc
-    except OSError as exc:
-        raise InputError(path, f"cannot stat file: {exc.strerror or exc}") from exc
-    if file_size == 0:
-        raise InputError(path, "empty file (0 bytes)")
+    file_size = check_input(path)
     try:
         header = _read_header(path, file_size)
     except _BadHeaderError as exc:

@@ -36,6 +36,7 @@ from av.video.reformatter import ColorRange, Colorspace
 from av.video.stream import VideoStream
 
 from edgeguard.errors import FileError, InputError
+from edgeguard.media.checks import check_input
 
 log = logging.getLogger(__name__)
 
@@ -166,19 +167,6 @@ def _orientation(frame: VideoFrame) -> _Orientation:
     return result
 
 
-def _check_file(path: Path) -> None:
-    try:
-        size = path.stat().st_size
-    except FileNotFoundError as exc:
-        raise InputError(path, "file does not exist") from exc
-    except OSError as exc:
-        raise InputError(path, f"cannot stat file: {exc.strerror}") from exc
-    if not path.is_file():
-        raise InputError(path, "not a regular file")
-    if size == 0:
-        raise InputError(path, "empty file (0 bytes)")
-
-
 def _ffmpeg_reason(exc: BaseException) -> str:
     if isinstance(exc, av.error.FFmpegError) and exc.strerror:
         return exc.strerror
@@ -236,7 +224,7 @@ class VideoReader:
         self._consumed = False
         self._decoded: Generator[tuple[VideoFrame, int | None]] | None = None
         self._first: tuple[VideoFrame, int | None] | None = None
-        _check_file(path)
+        check_input(path)
         self._container: InputContainer | None = _open_input(path)
         try:
             self.info = self._probe(self._container, max_pixels, threads)

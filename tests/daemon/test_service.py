@@ -6,9 +6,11 @@ import itertools
 import os
 import re
 import shutil
+import subprocess
 import threading
 import time
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import cast
 
@@ -403,6 +405,52 @@ def test_low_disk_pauses_claiming_until_a_reload_fixes_it(daemon: Daemon) -> Non
     d.wait_states({"done": 1}, timeout=10)
     assert names(d.output) == ["city.jpg"]
     assert d.terminate(timeout=15) == 0
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path) -> Iterator[Path]:
+    """A real 2 MiB tmpfs, so writes really fail with ENOSPC (needs root, as CI has)."""
+    mnt = tmp_path / "tmpfs"
+    mnt.mkdir()
+    res = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)], check=False, capture_output=True, text=True
+    )
+    if res.returncode:
+        pytest.skip(f"CANNOT MOUNT A TMPFS (needs root/CAP_SYS_ADMIN): {res.stderr.strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_disk_full_mid_write_fails_nothing_and_retries(
+    small_fs: Path, tmp_path: Path, models_dir: Path, clip10: Path
+) -> None:
+    """Running out of space while encoding keeps the original queued in work; it is done once there is room."""
+    d = Daemon(small_fs / "eg", models_dir)
+    try:
+        # The ledger lives elsewhere; lossless output of 10 720p frames cannot fit in 2 MiB.
+        d.state = tmp_path / "state"
+        d.configure(
+            paths={"state": str(d.state)},
+            video={"crf": 0},
+            daemon={"min_free_mb": 0, "output_ratio": 0.01, "pause_seconds": 1.0},
+        )
+        d.start()
+        d.drop(clip10, "cam.mp4")
+        wait_until(lambda: "kept for a retry" in d.log(), timeout=60, what="a transient write failure")
+        assert names(d.failed) == [], "disk full must not fail the file permanently"
+        assert names(d.output) == [], "nothing partial may appear in output"
+        assert [j["state"] for j in d.jobs()] in (["queued"], ["processing"])
+        assert any(n.endswith("cam.mp4") for n in names(d.work)), "the original stays in work"
+        subprocess.run(["mount", "-o", "remount,size=64m", str(small_fs)], check=True)
+        d.wait_states({"done": 1}, timeout=90)
+        assert names(d.output) == ["cam.mp4"]
+        assert frame_count(d.output / "cam.mp4") == frame_count(clip10)
+        assert names(d.failed) == [] and names(d.work) == []
+        assert d.terminate(timeout=15) == 0
+    finally:
+        d.close()
 
 
 def test_status_json_while_running(daemon: Daemon, long_clip: Path) -> None:
