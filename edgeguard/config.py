@@ -46,6 +46,9 @@ class DetectorConfig(Section):
     silhouettes: bool = False
     # Second-stage detections the Mask R-CNN keeps (OpenCV pads to this many); fewer = faster masks.
     max_detections: Annotated[int, Field(ge=1, le=100)] = 100
+    # Mask R-CNN: run the second stage with as few rows as the scene fills (16, 32, 64, then
+    # max_detections), retrying a rung up whenever all rows are used: same answer, less mask work.
+    adaptive_rows: bool = True
     threads: Annotated[int, Field(ge=0, le=256)] = 0
     files: DetectorFiles = DetectorFiles()
 

@@ -7,6 +7,7 @@ use one image and a three-frame clip.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import pytest
 
 from edgeguard.config import load_config
 from edgeguard.detectors import create_detector
-from edgeguard.detectors.maskrcnn import tune_graph
+from edgeguard.detectors.maskrcnn import CALM, MaskRCNN, RowLadder, tune_graph
 from edgeguard.errors import SetupError
 from tests.conftest import CANDIDATES, PBTXT, media, need, standin_overrides
 from tests.support.probe import ffprobe, frame_times, streams
@@ -185,3 +186,90 @@ def test_tune_graph_sets_the_cap_and_floor_of_the_second_stage_only() -> None:
     assert len(tuned.splitlines()) == len(text.splitlines())
     with pytest.raises(SetupError, match="no detection_out_final"):
         tune_graph(text.replace("detection_out_final", "renamed_node"), keep_top_k=7, confidence=0.3)
+
+
+def test_tune_graph_gates_the_second_stage_scores_by_class() -> None:
+    text = need(PBTXT).read_text(encoding="utf-8")
+    tuned = tune_graph(text, keep_top_k=16, confidence=0.3, keep_classes=[0, 2])
+    start = tuned.find('name: "detection_out_final"')
+    block = tuned[start : tuned.find("\nnode {", start)]
+    assert 'input: "edgeguard/gated_scores"' in block
+    assert 'input: "SecondStageBoxPredictor/Reshape_1/Reshape"' not in block
+    gate_node = tuned[tuned.find('name: "edgeguard/class_gate"') : tuned.find('name: "edgeguard/gated_scores"')]
+    gate = [float(v) for v in re.findall(r"float_val: ([0-9.]+)", gate_node)]
+    # 100 proposals x 90 classes, person (0) and car (2) open.
+    assert len(gate) == 9000 and sum(gate) == 200
+    assert gate[:4] == [1, 0, 1, 0] and gate[90:94] == [1, 0, 1, 0]
+    with pytest.raises(SetupError, match="not wired as expected"):
+        tune_graph(text.replace('input: "SecondStageBoxPredictor/Reshape_1/Reshape"\n', ""), keep_top_k=16,
+                   confidence=0.3, keep_classes=[0])  # fmt: skip
+
+
+def forward_rows(standin_dir: Path, image: np.ndarray, **tune: object) -> np.ndarray:
+    text = need(PBTXT).read_text(encoding="utf-8")
+    net = cv2.dnn.readNetFromTensorflow(
+        np.fromfile(standin_dir / "frozen_inference_graph.pb", np.uint8),
+        np.frombuffer(tune_graph(text, **tune).encode(), np.uint8),  # type: ignore[arg-type]
+    )
+    net.setInput(cv2.dnn.blobFromImage(image, 1.0, (image.shape[1], image.shape[0]), swapRB=True))
+    rows: np.ndarray = net.forward("detection_out_final").reshape(-1, 7)
+    return rows[rows[:, 2] > 0]
+
+
+def test_class_gate_keeps_wanted_rows_exactly_and_frees_the_others(standin_dir: Path) -> None:
+    image = cv2.imread(str(media("city.jpg")))
+    plain = forward_rows(standin_dir, image, keep_top_k=100, confidence=0.3)
+    assert len(plain) > 20 and set(plain[:, 1]) == {0}  # the stand-in "finds" persons only
+    gated = forward_rows(standin_dir, image, keep_top_k=100, confidence=0.3, keep_classes=[0])
+    np.testing.assert_array_equal(gated, plain)
+    # Gated to cars, the persons take no rows at all.
+    assert len(forward_rows(standin_dir, image, keep_top_k=100, confidence=0.3, keep_classes=[2])) == 0
+
+
+def test_row_ladder_gives_the_answer_of_all_rows(standin_dir: Path) -> None:
+    image = cv2.imread(str(media("city.jpg")))
+    found = {}
+    for adaptive in (True, False):
+        cfg = load_config(None, [*standin_overrides(standin_dir), f"detector.adaptive_rows={adaptive}"])
+        detector = create_detector(cfg)
+        assert isinstance(detector, MaskRCNN)
+        found[adaptive] = detector.detect(image.copy(), 0.25), detector.ladder.rows
+    (ladder, rows), (full, full_rows) = found[True], found[False]
+    assert full_rows == 100
+    # More than 32 persons at the floor: 16 and 32 rows came back full and were retried.
+    assert len(full) > 32 and rows == 64
+    np.testing.assert_array_equal(ladder.boxes, full.boxes)
+    np.testing.assert_array_equal(ladder.scores, full.scores)
+    assert ladder.masks is not None and full.masks is not None
+    assert all((a == b).all() for a, b in zip(ladder.masks, full.masks, strict=True))
+
+
+def test_row_ladder_climbs_when_full_and_steps_down_when_calm() -> None:
+    ladder = RowLadder(100)
+    assert ladder.rungs == [16, 32, 64, 100]
+    assert not ladder.retry(15)  # a row to spare: exact
+    assert ladder.retry(16) and ladder.rows == 32
+    assert ladder.retry(32) and ladder.rows == 64
+    assert not ladder.retry(40)
+    ladder.settle(40)
+    # 20 fits 32 with a quarter to spare; only after CALM such answers in a row does it step down.
+    for _ in range(CALM - 1):
+        ladder.settle(20)
+        assert ladder.rows == 64
+    ladder.settle(30)  # not calm: 30 would nearly fill 32
+    for _ in range(CALM - 1):
+        ladder.settle(20)
+    assert ladder.rows == 64
+    ladder.settle(20)
+    assert ladder.rows == 32
+    # At the ceiling a full answer is the answer: nothing above to retry with.
+    top = RowLadder(100)
+    for _ in range(3):
+        top.retry(100)
+    assert top.rows == 100 and not top.retry(100)
+
+
+def test_row_ladder_never_exceeds_max_detections() -> None:
+    assert RowLadder(10).rungs == [10]
+    assert RowLadder(40).rungs == [16, 32, 40]
+    assert RowLadder(100, ()).rungs == [100]
