@@ -46,7 +46,7 @@ class DetectorConfig(Section):
     silhouettes: bool = False
     # Second-stage detections the Mask R-CNN keeps (OpenCV pads to this many); fewer = faster masks.
     max_detections: Annotated[int, Field(ge=1, le=100)] = 100
-    # Mask R-CNN: run the second stage with as few rows as the scene fills (16, 32, 64, then
+    # Mask R-CNN: run the second stage with as few rows as the scene fills (16, 32, 48, 64, then
     # max_detections), retrying a rung up whenever all rows are used: same answer, less mask work.
     adaptive_rows: bool = True
     threads: Annotated[int, Field(ge=0, le=256)] = 0
@@ -101,10 +101,10 @@ class TemporalConfig(Section):
     # Share of the frame that may change outside the protected area before a fresh detection.
     motion_min_area: Annotated[float, Field(ge=0, le=1)] = 0.002
     # Pixels added around protection carried between keyframes (and around the area the motion check trusts).
-    grow: Annotated[int, Field(ge=0, le=512)] = 24
+    grow: Annotated[int, Field(ge=0, le=512)] = 40
     # Keyframes look harder: they keep detections down to this score (never above
     # detector.confidence), since their areas stand in for the frames around them.
-    keyframe_confidence: Annotated[float, Field(ge=0, le=1)] = 0.25
+    keyframe_confidence: Annotated[float, Field(ge=0, le=1)] = 0.15
     # Keyframes also look at the mirrored frame: always | never | auto (for models that flicker
     # between frames and are cheap, like yolox_nano; not for Mask R-CNN).
     keyframe_mirror: Literal["auto", "always", "never"] = "auto"

@@ -133,6 +133,9 @@ class Planner(Generic[T]):
             trusted = cv2.warpAffine(key.trusted, affine, size, flags=cv2.INTER_NEAREST, borderValue=0)
             unseen = cv2.warpAffine(np.full_like(key.small, 255), affine, size, flags=cv2.INTER_NEAREST) == 0
         changed = (cv2.absdiff(small, ref) > self.cfg.motion_threshold) & (trusted == 0)
+        if unseen is not None:
+            # No reference there (the warp's black border, blended a pixel in): only width counts, below.
+            changed &= cv2.dilate(unseen.astype(np.uint8), np.ones((3, 3), np.uint8)) == 0
         # Opening drops one-pixel seams (misregistration, compression); a person is a solid blob.
         blobs = cv2.morphologyEx(changed.astype(np.uint8), cv2.MORPH_OPEN, _OPEN)
         if unseen is not None:

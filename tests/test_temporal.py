@@ -145,3 +145,20 @@ def test_person_walking_in_between_keyframes_is_hidden_from_the_motion_frame(yol
     assert any(p.det is not None and len(p.det) for p in planned if p.reason == "motion"), (
         "motion keyframes catch the person as they come in"
     )
+
+
+@pytest.mark.parametrize("step", [1, 2])
+def test_a_panning_camera_over_a_still_scene_fires_only_for_new_scenery(step: int) -> None:
+    """The warp's black border is no reference, not change: a slow pan alone fires nothing until
+    the scenery that came into view is wider than the margin carried areas get (`grow`)."""
+    scene = cv2.imread(str(media("city.jpg")))  # 800x564, a textured still street
+    frames = [np.ascontiguousarray(scene[100:460, step * i : step * i + 640]) for i in range(30)]
+    cfg = TemporalConfig(keyframe_interval=300, grow=40)
+    planner: Planner[int] = Planner(
+        cfg, lambda img, _: Detections.empty((640, 360)), lambda d, w, h: np.zeros((h, w), np.uint8)
+    )
+    fired = [(p.item, p.reason) for p in planner.run(iter(enumerate(frames))) if p.reason != "carried"]
+    if step == 1:  # 29 px of new scenery at most
+        assert fired == [(0, "first"), (29, "last")]
+    else:  # 42 px of new scenery at frame 21
+        assert fired == [(0, "first"), (21, "motion"), (29, "last")]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -14,9 +15,11 @@ from edgeguard.detections import Detections, clip_boxes
 from edgeguard.detectors.base import Detector, Image
 from edgeguard.errors import SetupError
 
+log = logging.getLogger(__name__)
+
 OUTPUTS = ["detection_out_final", "detection_masks"]
 # Second-stage row counts tried before detector.max_detections (see RowLadder).
-RUNGS = (16, 32, 64)
+RUNGS = (16, 32, 48, 64)
 # Keyframes in a row that would fit the lower rung with room before stepping down to it.
 CALM = 3
 
@@ -133,6 +136,14 @@ class MaskRCNN(Detector):
         # The graph's own floor (0.3) would hide detections a lower configured threshold wants.
         self.floor = min(self.score_floor, 0.3)
         self.ladder = RowLadder(cfg.max_detections, RUNGS if cfg.adaptive_rows else ())
+        self._keep: list[int] | None = [int(c) for c in self.class_ids]
+        tune_graph(self._graph, keep_top_k=1, confidence=self.floor)  # a graph it cannot tune at all fails here
+        try:
+            tune_graph(self._graph, keep_top_k=1, confidence=self.floor, keep_classes=self._keep)
+        except SetupError as exc:
+            # The gate only saves rows; a graph wired differently still runs, every class taking rows.
+            log.warning("%s: %s; not gating its classes", self.model_name, exc)
+            self._keep = None
         self._nets: dict[int, cv2.dnn.Net] = {}
         self._net(self.ladder.rows)
         self.has_masks = True
@@ -143,9 +154,8 @@ class MaskRCNN(Detector):
         """The network cut at `rows` second-stage rows; only one is kept (each holds ~0.5 GB of buffers)."""
         if rows not in self._nets:
             self._nets.clear()
-            gated = [int(c) for c in self.class_ids]
             try:
-                graph = tune_graph(self._graph, keep_top_k=rows, confidence=self.floor, keep_classes=gated)
+                graph = tune_graph(self._graph, keep_top_k=rows, confidence=self.floor, keep_classes=self._keep)
                 net = cv2.dnn.readNetFromTensorflow(self._weights, np.frombuffer(graph.encode(), np.uint8))
             except cv2.error as exc:
                 raise SetupError(

@@ -236,7 +236,7 @@ def test_row_ladder_gives_the_answer_of_all_rows(standin_dir: Path) -> None:
         found[adaptive] = detector.detect(image.copy(), 0.25), detector.ladder.rows
     (ladder, rows), (full, full_rows) = found[True], found[False]
     assert full_rows == 100
-    # More than 32 persons at the floor: 16 and 32 rows came back full and were retried.
+    # The stand-in fills 16, 32 and 48 rows at the floor: each came back full and was retried a rung up.
     assert len(full) > 32 and rows == 64
     np.testing.assert_array_equal(ladder.boxes, full.boxes)
     np.testing.assert_array_equal(ladder.scores, full.scores)
@@ -246,25 +246,25 @@ def test_row_ladder_gives_the_answer_of_all_rows(standin_dir: Path) -> None:
 
 def test_row_ladder_climbs_when_full_and_steps_down_when_calm() -> None:
     ladder = RowLadder(100)
-    assert ladder.rungs == [16, 32, 64, 100]
+    assert ladder.rungs == [16, 32, 48, 64, 100]
     assert not ladder.retry(15)  # a row to spare: exact
     assert ladder.retry(16) and ladder.rows == 32
-    assert ladder.retry(32) and ladder.rows == 64
+    assert ladder.retry(32) and ladder.rows == 48
     assert not ladder.retry(40)
     ladder.settle(40)
     # 20 fits 32 with a quarter to spare; only after CALM such answers in a row does it step down.
     for _ in range(CALM - 1):
         ladder.settle(20)
-        assert ladder.rows == 64
+        assert ladder.rows == 48
     ladder.settle(30)  # not calm: 30 would nearly fill 32
     for _ in range(CALM - 1):
         ladder.settle(20)
-    assert ladder.rows == 64
+    assert ladder.rows == 48
     ladder.settle(20)
     assert ladder.rows == 32
     # At the ceiling a full answer is the answer: nothing above to retry with.
     top = RowLadder(100)
-    for _ in range(3):
+    for _ in range(4):
         top.retry(100)
     assert top.rows == 100 and not top.retry(100)
 
@@ -272,4 +272,20 @@ def test_row_ladder_climbs_when_full_and_steps_down_when_calm() -> None:
 def test_row_ladder_never_exceeds_max_detections() -> None:
     assert RowLadder(10).rungs == [10]
     assert RowLadder(40).rungs == [16, 32, 40]
+    assert RowLadder(64).rungs == [16, 32, 48, 64]
     assert RowLadder(100, ()).rungs == [100]
+
+
+def test_a_graph_wired_differently_runs_without_the_class_gate(
+    standin_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    text = need(PBTXT).read_text(encoding="utf-8")
+    renamed = tmp_path / "graph.pbtxt"
+    old = '"SecondStageBoxPredictor/Reshape_1/Reshape"'
+    assert text.count(old) == 2  # the node and detection_out_final's input
+    renamed.write_text(text.replace(old, '"second_stage_scores"'), encoding="utf-8")
+    cfg = load_config(None, [*standin_overrides(standin_dir), f"detector.files.graph={renamed}"])
+    with caplog.at_level("WARNING", logger="edgeguard.detectors.maskrcnn"):
+        detector = create_detector(cfg)
+    assert "not wired as expected; not gating its classes" in caplog.text
+    assert len(detector.detect(cv2.imread(str(media("city.jpg"))))) > 0
