@@ -12,6 +12,7 @@ yolox_nano's own every-frame loop.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -421,8 +422,18 @@ def images_rate(engine: Engine, out: Path) -> tuple[float, float]:
     return full, pure
 
 
-def daemon_rate(models_dir: Path, cache: Path, copies: int = 4) -> tuple[int, float]:
-    """Images per second through the real daemon (yolox_nano): from READY=1 to the last output."""
+def bare_rate(detector: Detector) -> float:
+    """Images per second of the detector alone on the decoded bench images."""
+    decoded = [cv2.imread(str(SHARED / "media" / n)) for n in IMAGES if (SHARED / "media" / n).exists()]
+    detector.detect(decoded[0])  # warm-up
+    t0 = time.perf_counter()
+    for img in decoded:
+        detector.detect(img.copy())
+    return len(decoded) / (time.perf_counter() - t0)
+
+
+def daemon_rate(models_dir: Path, cache: Path, detector_yaml: str, copies: int) -> tuple[int, float]:
+    """Images per second through the real daemon: from READY=1 to the last output."""
     import shutil
     import socket
 
@@ -437,7 +448,7 @@ def daemon_rate(models_dir: Path, cache: Path, copies: int = 4) -> tuple[int, fl
     n = len(paths) * copies
     cfg = root / "edgeguard.yaml"
     cfg.write_text(
-        "detector: {model: yolox_nano}\n"
+        f"detector: {detector_yaml}\n"
         f"paths: {{incoming: {incoming}, output: {root}/output, quarantine: {root}/q, failed: {root}/failed,"
         f" processed: {root}/p, work: {root}/work, state: {root}/state}}\n"
         "watch: {settle_seconds: 0, rescan_seconds: 1}\ndaemon: {min_free_mb: 1}\n",
@@ -456,9 +467,14 @@ def daemon_rate(models_dir: Path, cache: Path, copies: int = 4) -> tuple[int, fl
             pass
         t0 = time.perf_counter()
         output = root / "output"
+        sock.setblocking(False)
         while not (output.exists() and len(list(output.iterdir())) >= n):
             if proc.poll() is not None:
                 raise RuntimeError("the daemon exited early")
+            # Read its notifications as systemd would (STATUS, WATCHDOG).
+            with contextlib.suppress(BlockingIOError):
+                while sock.recv(4096):
+                    pass
             time.sleep(0.05)
         return n, n / (time.perf_counter() - t0)
     finally:
@@ -486,6 +502,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--only", nargs="+", metavar="PROFILE", help="run just these profiles (and the loops)")
     ap.add_argument("--no-extras", action="store_true", help="skip the memory, image and daemon measurements")
+    ap.add_argument("--extras-only", action="store_true", help="just the memory, image and daemon measurements")
     ap.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "edgeguard-bench")
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "latest.md")
     args = ap.parse_args(argv)
@@ -522,7 +539,7 @@ def main(argv: list[str] | None = None) -> int:
     mr_seed_det = costed(mr_seed_cfg, yolox_seed_cfg, SeedMaskRCNN) if mr_seed_cfg else None
 
     rows: list[dict[str, object]] = []
-    for clip, src in cut.items():
+    for clip, src in {} if args.extras_only else cut.items():
         with video_io.VideoReader(src, max_pixels=1 << 28) as r:
             shape = (r.info.height, r.info.width)
         print(f"== {clip} ({shape[1]}x{shape[0]}, {args.frames} frames)", flush=True)
@@ -549,7 +566,17 @@ def main(argv: list[str] | None = None) -> int:
         images = {"yolox_nano": images_rate(yolox_engines["default"], out)}
         if mr_engines:
             images["mask_rcnn"] = images_rate(mr_engines["default"], out)
-        extras = (mem, images, daemon_rate(models_dir, args.cache))
+        daemons = {
+            "yolox_nano": (*daemon_rate(models_dir, args.cache, "{model: yolox_nano}", 4), images["yolox_nano"][1])
+        }
+        if mr_engines:
+            files = ", ".join(s.replace("detector.files.", "").replace("=", ": ") for s in standin_set(standin))
+            plain = create_detector(load_config(None, standin_set(standin)))
+            daemons["mask_rcnn"] = (
+                *daemon_rate(models_dir, args.cache, f"{{files: {{{files}}}}}", 2),
+                bare_rate(plain),
+            )
+        extras = (mem, images, daemons)
     report = render(rows, args, extras)
     print(report)
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -579,7 +606,8 @@ def _row(model: str, run: Run, base: Run, cov: dict[str, float] | None) -> dict[
 def render(
     rows: list[dict[str, object]],
     args: argparse.Namespace,
-    extras: tuple[tuple[int, int, int, int], dict[str, tuple[float, float]], tuple[int, float]] | None,
+    extras: tuple[tuple[int, int, int, int], dict[str, tuple[float, float]], dict[str, tuple[int, float, float]]]
+    | None,
 ) -> str:
     def pct(v: object) -> str:
         return "—" if v is None else f"{100 * float(v):.2f}%"  # type: ignore[arg-type]
@@ -609,7 +637,7 @@ def render(
         )
     if extras is None:
         return "\n".join(lines) + "\n"
-    mem, images, daemon = extras
+    mem, images, daemons = extras
     n1, rss1, n10, rss10 = mem
     lines += [
         "",
@@ -621,13 +649,12 @@ def render(
             f"Images through the engine with the model loaded once ({model}): {full:.2f} images/s; "
             f"bare inference on the same images: {pure:.2f} images/s ({100 * full / pure:.0f}%)."
         )
-    n, ips = daemon
-    pure = images["yolox_nano"][1]
-    lines.append(
-        f"The daemon (`edgeguard run`, yolox_nano, {n} images dropped at once, from READY=1 to the last output, "
-        f"with claim, sha256, fsyncs, output check and ledger): {ips:.2f} images/s "
-        f"({100 * ips / pure:.0f}% of bare inference)."
-    )
+    for model, (n, ips, pure) in daemons.items():
+        lines.append(
+            f"The daemon (`edgeguard run`, {model}, {n} images dropped at once, from READY=1 to the last output, "
+            f"with claim, sha256, fsyncs, output check and ledger): {ips:.2f} images/s "
+            f"({100 * ips / pure:.0f}% of the bare detector's {pure:.2f} images/s)."
+        )
     return "\n".join(lines) + "\n"
 
 

@@ -63,6 +63,9 @@ def _address(raw: str | None) -> bytes | None:
     return None
 
 
+SEND_TIMEOUT = 1.0  # seconds a notification may wait for room in the manager's queue
+
+
 def _format(fields: Mapping[str, Field]) -> str:
     lines = []
     for name, value in fields.items():
@@ -82,8 +85,15 @@ class Notifier:
     ``os.environ`` so child processes do not inherit them, as sd_notify(3)'s flag does.
     """
 
-    def __init__(self, environ: Mapping[str, str] | None = None, *, unset_environment: bool = False) -> None:
+    def __init__(
+        self,
+        environ: Mapping[str, str] | None = None,
+        *,
+        unset_environment: bool = False,
+        send_timeout: float = SEND_TIMEOUT,
+    ) -> None:
         env = os.environ if environ is None else environ
+        self.send_timeout = send_timeout
         self.address = _address(env.get("NOTIFY_SOCKET"))
         self._watchdog_usec = env.get("WATCHDOG_USEC")
         self._watchdog_pid = env.get("WATCHDOG_PID")
@@ -105,6 +115,9 @@ class Notifier:
             return False
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+                # A manager that stops reading fills its queue (net.unix.max_dgram_qlen, often 10)
+                # and a plain send then blocks forever; a late notification is worth less than a stall.
+                sock.settimeout(self.send_timeout)
                 sock.connect(self.address)
                 sock.sendall(text.encode("utf-8"))
         except OSError:

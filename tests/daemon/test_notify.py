@@ -191,3 +191,17 @@ def test_watchdog_from_process_environment(monkeypatch: pytest.MonkeyPatch) -> N
     assert Notifier().watchdog_interval() == 120.0
     monkeypatch.setenv("WATCHDOG_PID", "1")
     assert Notifier().watchdog_interval() is None
+
+
+def test_a_manager_that_stops_reading_cannot_stall_the_daemon(listener: tuple[socket.socket, str]) -> None:
+    sock, path = listener
+    notifier = Notifier({"NOTIFY_SOCKET": path}, send_timeout=0.05)
+    qlen = int(Path("/proc/sys/net/unix/max_dgram_qlen").read_text())
+    sent = [notifier.send(STATUS=f"message {i}") for i in range(qlen + 20)]
+    # The queue takes what it can hold; the rest is dropped after the timeout instead of blocking.
+    assert sent[0] and not sent[-1]
+    delivered = sum(sent)
+    got = [_recv(sock) for _ in range(delivered)]
+    assert got == [f"STATUS=message {i}" for i, ok in enumerate(sent) if ok]
+    assert _nothing_pending(sock)
+    assert notifier.send(STATUS="after")  # room again once the manager reads
