@@ -32,13 +32,11 @@ def _node(text: str, name: str) -> tuple[int, int]:
     return start, end
 
 
-def tune_graph(text: str, *, keep_top_k: int, confidence: float, keep_classes: Iterable[int] | None = None) -> str:
+def tune_graph(text: str, *, keep_top_k: int, confidence: float) -> str:
     """Set the second stage's detection cap and score floor in OpenCV's text graph.
 
     OpenCV runs the mask branch on every one of `keep_top_k` rows, padding
-    included, so the cap is the main lever on mask cost. With `keep_classes`
-    (label-file line numbers, as the output rows count them) the other classes' scores are zeroed
-    before the cap, so they take no row and no mask work.
+    included, so the cap is the main lever on mask cost.
     """
     start, end = _node(text, "detection_out_final")
     block = text[start:end]
@@ -48,22 +46,29 @@ def tune_graph(text: str, *, keep_top_k: int, confidence: float, keep_classes: I
     )
     if n_top != 1 or n_conf != 1:
         raise SetupError("the Mask R-CNN text graph's detection_out_final lacks keep_top_k/confidence_threshold")
-    text = text[:start] + block + text[end:]
-    return text if keep_classes is None else _gate_classes(text, sorted(set(keep_classes)))
+    return text[:start] + block + text[end:]
 
 
 SCORES = "SecondStageBoxPredictor/Reshape_1/Reshape"  # flattened per-proposal class scores
 
 
-def _gate_classes(text: str, keep: list[int]) -> str:
-    """Multiply the second stage's class scores by a 0/1 gate before detection_out_final."""
-    start, end = _node(text, "detection_out")  # the first stage: how many proposals reach the second
+def gate_classes(text: str, keep: Iterable[int]) -> str | None:
+    """Zero the second stage's scores of classes not in `keep` before detection_out_final.
+
+    `keep` holds label-file line numbers, as the output rows count classes. The
+    other classes then take no row and no mask work. None when the graph is not
+    wired as OpenCV's Mask R-CNN text graphs are (the gate is only a saving).
+    """
+    try:
+        start, end = _node(text, "detection_out")  # the first stage: how many proposals reach the second
+        final, final_end = _node(text, "detection_out_final")
+    except SetupError:
+        return None
     proposals = re.search(r'key: "keep_top_k"\s*value \{\s*i: (\d+)', text[start:end])
-    wired = f'  input: "{SCORES}"\n'
-    final, final_end = _node(text, "detection_out_final")
     classes = re.search(r'key: "num_classes"\s*value \{\s*i: (\d+)', text[final:final_end])
+    wired = f'  input: "{SCORES}"\n'
     if proposals is None or classes is None or text[final:final_end].count(wired) != 1:
-        raise SetupError("the Mask R-CNN text graph's second stage is not wired as expected")
+        return None
     num_classes = int(classes.group(1))
     keep = [c for c in keep if 0 <= c < num_classes]
     gate = np.zeros(num_classes, np.float32)
@@ -128,7 +133,8 @@ class MaskRCNN(Detector):
         cfg = self.cfg
         try:
             self._graph = files["graph"].read_text(encoding="utf-8")
-            # Buffers must be uint8 arrays: OpenCV's binding crashes on `bytes` here.
+            # Kept to build the net at other row counts. Buffers must be uint8 arrays:
+            # OpenCV's binding crashes on `bytes` here.
             self._weights = np.fromfile(files["weights"], np.uint8)
         except OSError as exc:
             raise SetupError(f"cannot load {self.model_name} from {files['weights']}: {_first_line(exc)}") from exc
@@ -136,14 +142,13 @@ class MaskRCNN(Detector):
         # The graph's own floor (0.3) would hide detections a lower configured threshold wants.
         self.floor = min(self.score_floor, 0.3)
         self.ladder = RowLadder(cfg.max_detections, RUNGS if cfg.adaptive_rows else ())
-        self._keep: list[int] | None = [int(c) for c in self.class_ids]
-        tune_graph(self._graph, keep_top_k=1, confidence=self.floor)  # a graph it cannot tune at all fails here
-        try:
-            tune_graph(self._graph, keep_top_k=1, confidence=self.floor, keep_classes=self._keep)
-        except SetupError as exc:
-            # The gate only saves rows; a graph wired differently still runs, every class taking rows.
-            log.warning("%s: %s; not gating its classes", self.model_name, exc)
-            self._keep = None
+        gated = gate_classes(self._graph, self.class_ids.tolist())
+        if gated is None:
+            log.warning(
+                "%s: the text graph's second stage is not wired as expected; every class takes rows", self.model_name
+            )
+        else:
+            self._graph = gated
         self._nets: dict[int, cv2.dnn.Net] = {}
         self._net(self.ladder.rows)
         self.has_masks = True
@@ -155,7 +160,7 @@ class MaskRCNN(Detector):
         if rows not in self._nets:
             self._nets.clear()
             try:
-                graph = tune_graph(self._graph, keep_top_k=rows, confidence=self.floor, keep_classes=self._keep)
+                graph = tune_graph(self._graph, keep_top_k=rows, confidence=self.floor)
                 net = cv2.dnn.readNetFromTensorflow(self._weights, np.frombuffer(graph.encode(), np.uint8))
             except cv2.error as exc:
                 raise SetupError(

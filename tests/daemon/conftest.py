@@ -208,6 +208,7 @@ class Daemon:
         self._messages: list[tuple[float, str]] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._deaf = threading.Event()  # set: the stand-in manager stops reading (see `stop_reading`)
         sock_path = root / "notify.sock"
         if len(os.fsencode(sock_path)) >= 100:  # sun_path holds 108 bytes
             sock_path = Path(self._short_dir()) / "notify.sock"
@@ -309,8 +310,15 @@ class Daemon:
 
     # --------------------------------------------------------------- notify
 
+    def stop_reading(self) -> None:
+        """Behave like a wedged service manager: leave every further datagram in the socket's queue."""
+        self._deaf.set()
+
     def _read(self) -> None:
         while not self._stop.is_set():
+            if self._deaf.is_set():
+                time.sleep(0.05)
+                continue
             try:
                 data = self.sock.recv(65536)
             except TimeoutError:

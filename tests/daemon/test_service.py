@@ -598,3 +598,21 @@ def test_the_time_limit_counts_from_the_hand_over(tmp_path: Path) -> None:
     assert not worker.cancel.is_set() and not worker.timed_out
     service._watch_time_limit(setup, worker, now + 5.1)
     assert worker.cancel.is_set() and worker.timed_out
+
+
+def test_a_manager_that_stops_reading_notifications_does_not_stall_the_daemon(daemon: Daemon, tmp_path: Path) -> None:
+    """Its queue fills (net.unix.max_dgram_qlen); the daemon keeps working and still stops on SIGTERM."""
+    d = daemon
+    d.start(watchdog_usec=200_000)  # a WATCHDOG=1 every 0.1 s
+    d.stop_reading()
+    qlen = int(Path("/proc/sys/net/unix/max_dgram_qlen").read_text())
+    time.sleep(0.1 * qlen + 1)  # the queue is full by now
+    photo = media("000000465822.jpg").read_bytes()
+    n = 6
+    for i in range(n):
+        src = tmp_path / f"p{i}.jpg"
+        src.write_bytes(photo + bytes([i]))  # other bytes, not a duplicate
+        d.drop(src)
+    wait_until(lambda: len(names(d.output)) == n, 90, f"{n} outputs", detail=d.log_tail)
+    assert d.terminate(timeout=15) == 0
+    assert "stopped" in d.log()

@@ -17,7 +17,7 @@ import pytest
 
 from edgeguard.config import load_config
 from edgeguard.detectors import create_detector
-from edgeguard.detectors.maskrcnn import CALM, MaskRCNN, RowLadder, tune_graph
+from edgeguard.detectors.maskrcnn import CALM, MaskRCNN, RowLadder, gate_classes, tune_graph
 from edgeguard.errors import SetupError
 from tests.conftest import CANDIDATES, PBTXT, media, need, standin_overrides
 from tests.support.probe import ffprobe, frame_times, streams
@@ -188,9 +188,10 @@ def test_tune_graph_sets_the_cap_and_floor_of_the_second_stage_only() -> None:
         tune_graph(text.replace("detection_out_final", "renamed_node"), keep_top_k=7, confidence=0.3)
 
 
-def test_tune_graph_gates_the_second_stage_scores_by_class() -> None:
+def test_gate_classes_multiplies_the_second_stage_scores_by_a_gate() -> None:
     text = need(PBTXT).read_text(encoding="utf-8")
-    tuned = tune_graph(text, keep_top_k=16, confidence=0.3, keep_classes=[0, 2])
+    tuned = gate_classes(text, [0, 2])
+    assert tuned is not None
     start = tuned.find('name: "detection_out_final"')
     block = tuned[start : tuned.find("\nnode {", start)]
     assert 'input: "edgeguard/gated_scores"' in block
@@ -200,16 +201,20 @@ def test_tune_graph_gates_the_second_stage_scores_by_class() -> None:
     # 100 proposals x 90 classes, person (0) and car (2) open.
     assert len(gate) == 9000 and sum(gate) == 200
     assert gate[:4] == [1, 0, 1, 0] and gate[90:94] == [1, 0, 1, 0]
-    with pytest.raises(SetupError, match="not wired as expected"):
-        tune_graph(text.replace('input: "SecondStageBoxPredictor/Reshape_1/Reshape"\n', ""), keep_top_k=16,
-                   confidence=0.3, keep_classes=[0])  # fmt: skip
+    assert gate_classes(text.replace('input: "SecondStageBoxPredictor/Reshape_1/Reshape"\n', ""), [0]) is None
+    assert gate_classes(text.replace("detection_out_final", "renamed_node"), [0]) is None
 
 
-def forward_rows(standin_dir: Path, image: np.ndarray, **tune: object) -> np.ndarray:
+def forward_rows(standin_dir: Path, image: np.ndarray, keep: list[int] | None = None) -> np.ndarray:
+    """The filled rows of a 100-row, floor-0.3 second stage, gated to `keep` if given."""
     text = need(PBTXT).read_text(encoding="utf-8")
+    if keep is not None:
+        gated = gate_classes(text, keep)
+        assert gated is not None
+        text = gated
     net = cv2.dnn.readNetFromTensorflow(
         np.fromfile(standin_dir / "frozen_inference_graph.pb", np.uint8),
-        np.frombuffer(tune_graph(text, **tune).encode(), np.uint8),  # type: ignore[arg-type]
+        np.frombuffer(tune_graph(text, keep_top_k=100, confidence=0.3).encode(), np.uint8),
     )
     net.setInput(cv2.dnn.blobFromImage(image, 1.0, (image.shape[1], image.shape[0]), swapRB=True))
     rows: np.ndarray = net.forward("detection_out_final").reshape(-1, 7)
@@ -218,12 +223,12 @@ def forward_rows(standin_dir: Path, image: np.ndarray, **tune: object) -> np.nda
 
 def test_class_gate_keeps_wanted_rows_exactly_and_frees_the_others(standin_dir: Path) -> None:
     image = cv2.imread(str(media("city.jpg")))
-    plain = forward_rows(standin_dir, image, keep_top_k=100, confidence=0.3)
+    plain = forward_rows(standin_dir, image)
     assert len(plain) > 20 and set(plain[:, 1]) == {0}  # the stand-in "finds" persons only
-    gated = forward_rows(standin_dir, image, keep_top_k=100, confidence=0.3, keep_classes=[0])
+    gated = forward_rows(standin_dir, image, keep=[0])
     np.testing.assert_array_equal(gated, plain)
     # Gated to cars, the persons take no rows at all.
-    assert len(forward_rows(standin_dir, image, keep_top_k=100, confidence=0.3, keep_classes=[2])) == 0
+    assert len(forward_rows(standin_dir, image, keep=[2])) == 0
 
 
 def test_row_ladder_gives_the_answer_of_all_rows(standin_dir: Path) -> None:
@@ -287,5 +292,5 @@ def test_a_graph_wired_differently_runs_without_the_class_gate(
     cfg = load_config(None, [*standin_overrides(standin_dir), f"detector.files.graph={renamed}"])
     with caplog.at_level("WARNING", logger="edgeguard.detectors.maskrcnn"):
         detector = create_detector(cfg)
-    assert "not wired as expected; not gating its classes" in caplog.text
+    assert "not wired as expected; every class takes rows" in caplog.text
     assert len(detector.detect(cv2.imread(str(media("city.jpg"))))) > 0
