@@ -1,21 +1,25 @@
 """`make bench`: edgeguard's profiles against the seed's every-frame loop, side by side.
 
 One process runs every configuration on every clip, clip by clip, so all of
-them share the machine's state. Speed for Mask R-CNN comes from the stand-in
-weights (the real model's cost); privacy coverage needs a real detector, so
-every profile is also run with yolox_nano and compared, frame by frame, with
-yolox_nano's own every-frame loop.
+them share the machine's state. For each clip and profile it reports speed
+(fps, and the ratio to the seed's loop with the same model) and privacy in both
+directions (bench/privacy.py): overreach and coverage against the same model's
+every-frame loop, and recall against independent judges (bench/judges.py), with
+a picture of every miss under bench/results/misses/. The photos in
+../shared/media get the same privacy figures.
 
-    python -m bench.run [--frames 96] [--clips dos.mp4 ...] [--out bench/results/latest.md]
+Speed for Mask R-CNN comes from the stand-in weights (the real model's cost) with
+yolox_nano's detections (bench/costed.py); its privacy figures are those of its
+yolox_nano twin, run with the same temporal settings.
+
+    python -m bench.run [--frames 96] [--clips dos.mp4 ...] [--only default ...] [--skip-maskrcnn]
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import threading
@@ -26,48 +30,50 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from bench import extras
+from bench.costed import SeedMaskRCNN, costed, standin_set
+from bench.judges import Judged, Judges, judge_frames
+from bench.paths import CANDIDATES, CLIPS, IMAGES, REPO, SHARED
+from bench.privacy import Privacy, measure, save_misses
 from edgeguard.config import Config, load_config
 from edgeguard.detections import Detections
-from edgeguard.detectors import Detector, create_detector, model_files
-from edgeguard.detectors.maskrcnn import MaskRCNN
+from edgeguard.detectors import Detector, create_detector
 from edgeguard.engine import Engine
+from edgeguard.media import image as image_io
 from edgeguard.media import video as video_io
 from edgeguard.protection import Mask, hide, rasterize
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("EDGEGUARD_SHARED", REPO.parent / "shared")).resolve()
-# Fixed cameras like a gateway's (pedestrians, example_02, vtest), the seed's own sample (a
-# head-worn camera over a desk), and two handheld clips.
-CLIPS = [
-    "pedestrians.mp4",
-    "example_02.mp4",
-    "vtest.avi",
-    "croped_mini_subject_2_typeset.MP4",
-    "dos.mp4",
-    "ecuador.mp4",
-]
-IMAGES = ["city.jpg", "000000005001.jpg", "000000038829.jpg", "000000465822.jpg", "messi5.jpg"]
+YOLOX, MASKRCNN = "yolox_nano", "mask_rcnn"
+
+
+@dataclass(frozen=True)
+class Profile:
+    sets: tuple[str, ...]
+    models: tuple[str, ...] = (YOLOX, MASKRCNN)
+    # The every-frame loop its overreach and coverage are measured against: "seed" (the
+    # model's own every-frame loop) or the name of another profile.
+    ref: str = "seed"
+
 
 # Named profiles: overrides on top of the shipped defaults. Only `default` is what users get.
-PROFILES: dict[str, list[str]] = {
-    "default": [],
+PROFILES: dict[str, Profile] = {
+    "default": Profile(()),
     # Boxes instead of masks: Mask R-CNN skips its mask branch.
-    "boxes": ["protect.shape=box"],
+    "boxes": Profile(("protect.shape=box",)),
     # Opt-in, trades coverage for speed: no motion check, a keyframe a second.
-    "fast-unsafe": ["temporal.motion_check=false", "temporal.keyframe_interval=25"],
-}
-YOLOX_ONLY: dict[str, list[str]] = {
-    # Every frame detected, but decode/detect/encode overlapped (the pipelining lever alone).
-    "every-frame": ["temporal.keyframe_interval=1"],
-    "realtime": ["video.preset=superfast"],
-}
-MASKRCNN_ONLY: dict[str, list[str]] = {
+    "fast-unsafe": Profile(("temporal.motion_check=false", "temporal.keyframe_interval=25")),
+    # Every frame detected, decode/detect/encode overlapped (the pipelining lever alone).
+    "every-frame": Profile(("temporal.keyframe_interval=1",), (YOLOX,)),
+    "realtime": Profile(("video.preset=superfast",), (YOLOX,)),
     # Without the row ladder: the mask branch runs on all 100 rows on every keyframe.
-    "all-rows": ["detector.adaptive_rows=false"],
+    "all-rows": Profile(("detector.adaptive_rows=false",), (MASKRCNN,)),
+    # Face mode: YuNet faces only, against its own every-frame loop.
+    "faces-every-frame": Profile(("detector.classes=[face]", "temporal.keyframe_interval=1"), (YOLOX,), "self"),
+    "faces": Profile(("detector.classes=[face]",), (YOLOX,), "faces-every-frame"),
 }
-# Mask R-CNN does not look at mirrored keyframes (keyframe_mirror: auto); its coverage twin is
+# Mask R-CNN does not look at mirrored keyframes (keyframe_mirror: auto); its twin is
 # yolox_nano with the same temporal settings.
-AS_MASKRCNN = ["temporal.keyframe_mirror=never"]
+AS_MASKRCNN = ("temporal.keyframe_mirror=never",)
 # The seed ran OpenCV's published graph on all 100 rows (SeedMaskRCNN builds it as is).
 SEED = ["detector.adaptive_rows=false"]
 
@@ -171,28 +177,6 @@ def seed_loop(
     return n, t
 
 
-def coverage(ref: Run, run: Run, shape: tuple[int, int]) -> dict[str, float]:
-    """How much of what the every-frame loop hid this run hid too."""
-    h, w = shape
-    total = covered = 0
-    worst = 1.0
-    half_hidden = 0
-    for ref_bits, bits, boxes in zip(ref.masks, run.masks, ref.boxes, strict=True):
-        a = np.unpackbits(ref_bits, count=h * w).reshape(h, w).astype(bool)
-        b = np.unpackbits(bits, count=h * w).reshape(h, w).astype(bool)
-        n = int(a.sum())
-        k = int((a & b).sum())
-        total += n
-        covered += k
-        if n:
-            worst = min(worst, k / n)
-        for x0, y0, x1, y1 in boxes.tolist():
-            area = (x1 - x0) * (y1 - y0)
-            if area and b[y0:y1, x0:x1].sum() < 0.5 * area:
-                half_hidden += 1
-    return {"coverage": covered / total if total else 1.0, "worst": worst, "under_half": half_hidden}
-
-
 # ------------------------------------------------------------------ set-up
 
 
@@ -232,92 +216,6 @@ def trim(src: Path, dst: Path, frames: int) -> None:
                 break
             w.write(f, f.image)
     tmp.rename(dst)
-
-
-class CostedMaskRCNN(MaskRCNN):
-    """The stand-in Mask R-CNN, its rows counted as the real scene would fill them.
-
-    The stand-in "finds" ~50 persons on any frame, so its own count would keep
-    the row ladder at its top rung; `scene_rows` (set per call from yolox_nano's
-    count at the same score floor) is what a working Mask R-CNN would fill.
-    """
-
-    scene_rows = 0
-
-    def _used(self, rows: np.ndarray) -> int:
-        return min(self.scene_rows, len(rows))
-
-
-class SeedMaskRCNN(MaskRCNN):
-    """The seed's network: OpenCV's text graph as published (100 rows, every class, floor 0.3)."""
-
-    def _net(self, rows: int) -> cv2.dnn.Net:
-        if not self._nets:
-            net = cv2.dnn.readNetFromTensorflow(self._weights, np.frombuffer(self._graph.encode(), np.uint8))
-            self._nets[rows] = net
-        return next(iter(self._nets.values()))
-
-
-class CostedDetector(Detector):
-    """Mask R-CNN's cost with a real detector's detections.
-
-    The stand-in weights cost what the real model costs, but their detections
-    are arbitrary, and the motion check (what is protected, what moved outside
-    it) would then decide keyframes on fiction. So every call runs the stand-in
-    forward pass for its cost, and returns what yolox_nano finds on the frame
-    (~30 ms more): the keyframe schedule a working Mask R-CNN would get.
-    """
-
-    def __init__(self, cost: MaskRCNN, truth: Detector) -> None:  # no super(): nothing to load
-        self.cost, self.truth = cost, truth
-        self.cfg, self.model_name, self.target = cost.cfg, cost.model_name, cost.target
-        self.score_floor = cost.score_floor
-        self.has_masks = False  # yolox gives boxes
-        self.mirror_keyframes = cost.mirror_keyframes
-
-    @property  # type: ignore[override]
-    def want_masks(self) -> bool:
-        return self.cost.want_masks
-
-    @want_masks.setter
-    def want_masks(self, value: bool) -> None:
-        self.cost.want_masks = value
-
-    def _load(self, files: object) -> None:  # pragma: no cover - never called
-        raise NotImplementedError
-
-    def _detect(self, image: np.ndarray, confidence: float) -> Detections:  # pragma: no cover - never called
-        raise NotImplementedError
-
-    def detect(self, image: np.ndarray, confidence: float | None = None, *, mirror: bool = False) -> Detections:
-        # Everything down to the graph's floor takes a row, as in Mask R-CNN's second stage.
-        seen = self.truth.detect(image, self.cost.floor, mirror=mirror)
-        if isinstance(self.cost, CostedMaskRCNN):
-            self.cost.scene_rows = len(seen)
-        self.cost.detect(image, confidence, mirror=mirror)
-        conf = max(self.cfg.confidence if confidence is None else confidence, self.score_floor)
-        keep = np.flatnonzero(seen.scores >= conf)
-        return Detections(
-            seen.boxes[keep],
-            seen.scores[keep],
-            tuple(seen.classes[i] for i in keep),
-            None if seen.masks is None else tuple(seen.masks[i] for i in keep),
-            seen.frame_size,
-        )
-
-
-def costed(cfg: Config, truth_cfg: Config, kind: type[MaskRCNN] = CostedMaskRCNN) -> CostedDetector:
-    manifest, files = model_files(cfg)
-    cost = kind(cfg.detector, files, "cpu", manifest.name, manifest.input_size, cfg.temporal.keyframe_confidence)
-    return CostedDetector(cost, create_detector(truth_cfg))
-
-
-def standin_set(root: Path) -> list[str]:
-    return [
-        f"detector.files.weights={root / 'frozen_inference_graph.pb'}",
-        f"detector.files.graph={SHARED / 'models' / 'mask_rcnn_inception_v2_coco_2018_01_28.pbtxt'}",
-        f"detector.files.labels={SHARED / 'models' / 'object_detection_classes_coco.txt'}",
-    ]
 
 
 # ------------------------------------------------------------------ running
@@ -362,132 +260,30 @@ def run_seed(cfg: Config, detector: Detector, name: str, clip: str, src: Path, o
     )
 
 
-def memory_check(models_dir: Path, clip: Path, cache: Path, frames: int) -> tuple[int, int, int, int]:
-    """Peak RSS of fresh processes protecting a clip and one 10x longer (yolox_nano, default)."""
-    long_clip = cache / f"{clip.stem}-x10.mp4"
-    if not long_clip.exists():
-        concat(clip, long_clip, 10)
-    out = []
-    for src in (clip, long_clip):
-        # VmHWM, not ru_maxrss: the latter keeps the forking parent's peak across exec.
-        code = (
-            "from pathlib import Path; from edgeguard.config import load_config;"
-            "from edgeguard.engine import Engine;"
-            "e=Engine(load_config(None,['detector.model=yolox_nano']));"
-            f"r=e.protect_file(Path({str(src)!r}), Path({str(cache / 'mem-out.mp4')!r}));"
-            "hwm=[l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM:')][0];"
-            "print(r.frames, hwm)"
-        )
-        env = {**os.environ, "EDGEGUARD_MODELS_DIR": str(models_dir)}
-        res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-        n, kb = res.stdout.split()
-        out += [int(n), int(kb) * 1024]
-    return out[0], out[1], out[2], out[3]
+def judged_privacy(
+    run: Run, ref: Run, shape: tuple[int, int], judged: list[Judged], frames: list[np.ndarray], misses: Path
+) -> Privacy:
+    """`run`'s privacy figures; a picture of each miss goes to `misses`."""
+    p = measure(run.masks, shape, judged, ref.masks, ref.boxes)
+    save_misses(p.misses, frames, run.masks, misses)
+    return p
 
 
-def concat(src: Path, dst: Path, times: int) -> None:
-    """`src` repeated `times` times with continuous timestamps."""
-    tmp = dst.with_suffix(".tmp.mp4")
-    with video_io.VideoReader(src, max_pixels=1 << 28) as r:
-        info = r.info
-    step = None
-    with video_io.VideoWriter(tmp, info, source=None, crf=12, preset="veryfast", audio="strip") as w:
-        offset = 0
-        for _ in range(times):
-            last = 0
-            with video_io.VideoReader(src, max_pixels=1 << 28) as r:
-                for f in r.frames():
-                    pts = f.pts or 0
-                    if step is None and pts:
-                        step = pts
-                    w.write(video_io.Frame(f.index, offset + pts, f.image), f.image)
-                    last = pts
-            offset += last + (step or 1)
-    tmp.rename(dst)
+def photo_mask(engine: Engine, path: Path, out: Path) -> np.ndarray:
+    rec = Recorder()
+    engine.protect_file(path, out / path.name, observe=rec)
+    return rec.masks[0]
 
 
-def bare_rate(detector: Detector) -> float:
-    """Images per second of the detector alone on the decoded bench images."""
-    decoded = [cv2.imread(str(SHARED / "media" / n)) for n in IMAGES if (SHARED / "media" / n).exists()]
-    detector.detect(decoded[0])  # warm-up
-    t0 = time.perf_counter()
-    for img in decoded:
-        detector.detect(img.copy())
-    return len(decoded) / (time.perf_counter() - t0)
-
-
-def images_rate(engine: Engine, out: Path) -> tuple[float, float]:
-    """Images per second through the engine (model loaded once) vs the bare detector."""
-    pure = bare_rate(engine.detector)
-    paths = [SHARED / "media" / n for n in IMAGES if (SHARED / "media" / n).exists()]
-    t0 = time.perf_counter()
-    for p in paths:
-        engine.protect_file(p, out / p.name)
-    full = len(paths) / (time.perf_counter() - t0)
-    return full, pure
-
-
-def daemon_rate(models_dir: Path, cache: Path, detector_yaml: str, copies: int) -> tuple[int, float]:
-    """Images per second through the real daemon: from READY=1 to the last output."""
-    import shutil
-    import socket
-
-    root = Path(tempfile.mkdtemp(prefix="daemon-", dir=cache))
-    incoming = root / "incoming"
-    incoming.mkdir()
-    paths = [SHARED / "media" / n for n in IMAGES if (SHARED / "media" / n).exists()]
-    for i in range(copies):
-        for p in paths:
-            # Different bytes per copy, so the ledger does not treat them as duplicates.
-            (incoming / f"{i}-{p.name}").write_bytes(p.read_bytes() + bytes([i]))
-    n = len(paths) * copies
-    cfg = root / "edgeguard.yaml"
-    cfg.write_text(
-        f"detector: {detector_yaml}\n"
-        f"paths: {{incoming: {incoming}, output: {root}/output, quarantine: {root}/q, failed: {root}/failed,"
-        f" processed: {root}/p, work: {root}/work, state: {root}/state}}\n"
-        "watch: {settle_seconds: 0, rescan_seconds: 1}\ndaemon: {min_free_mb: 1}\n",
-        encoding="utf-8",
-    )
-    sock_path = root / "notify.sock"
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    sock.bind(str(sock_path))
-    sock.settimeout(120)
-    env = {**os.environ, "EDGEGUARD_MODELS_DIR": str(models_dir), "NOTIFY_SOCKET": str(sock_path)}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "edgeguard", "run", "-c", str(cfg)], env=env, stderr=subprocess.DEVNULL
-    )
-    try:
-        while b"READY=1" not in sock.recv(4096):
-            pass
-        t0 = time.perf_counter()
-        output = root / "output"
-        sock.setblocking(False)
-        while not (output.exists() and len(list(output.iterdir())) >= n):
-            if proc.poll() is not None:
-                raise RuntimeError("the daemon exited early")
-            # Read its notifications as systemd would (STATUS, WATCHDOG).
-            with contextlib.suppress(BlockingIOError):
-                while sock.recv(4096):
-                    pass
-            time.sleep(0.05)
-        return n, n / (time.perf_counter() - t0)
-    finally:
-        proc.terminate()
-        proc.wait(timeout=60)
-        sock.close()
-        shutil.rmtree(root, ignore_errors=True)
-
-
-# ------------------------------------------------------------------ report
+# ------------------------------------------------------------------ main
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--frames", type=int, default=96, help="frames of each clip at most (default 96)")
     ap.add_argument("--clips", nargs="+", default=CLIPS)
+    ap.add_argument("--images", nargs="*", default=IMAGES, help="photos for the recall table")
     ap.add_argument("--skip-maskrcnn", action="store_true", help="yolox_nano only (quick)")
-    ap.add_argument("--every-frame", action="store_true", help="also Mask R-CNN on every frame, pipelined (slow)")
     ap.add_argument(
         "--profile",
         action="append",
@@ -501,92 +297,155 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "edgeguard-bench")
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "latest.md")
     args = ap.parse_args(argv)
+    profiles = dict(PROFILES)
     for spec in args.profile:
         name, _, sets = spec.partition("=")
-        PROFILES[name] = sets.split(",")
+        profiles[name] = Profile(tuple(sets.split(",")))
     if args.only:
-        for table in (PROFILES, YOLOX_ONLY, MASKRCNN_ONLY):
-            for name in set(table) - set(args.only):
-                del table[name]
+        wanted = set(args.only) | {p.ref for n, p in profiles.items() if n in args.only}
+        profiles = {n: p for n, p in profiles.items() if n in wanted}
+    if args.skip_maskrcnn:
+        profiles = {n: p for n, p in profiles.items() if YOLOX in p.models}
+    if args.extras_only:
+        args.images = []
     args.cache.mkdir(parents=True, exist_ok=True)
     standin, models_dir, cut = prepare(args.cache, args.clips, args.frames)
     os.environ["EDGEGUARD_MODELS_DIR"] = str(models_dir)
     out = args.cache / "out"
     out.mkdir(exist_ok=True)
+    misses = args.out.parent / "misses"
 
-    def yolox(o: list[str]) -> Engine:
-        return Engine(load_config(None, ["detector.model=yolox_nano", *o]))
+    def yolox(sets: tuple[str, ...]) -> Engine:
+        return Engine(load_config(None, ["detector.model=yolox_nano", *sets]))
 
-    yolox_engines = {name: yolox(o) for name, o in {**PROFILES, **YOLOX_ONLY}.items()}
-    twins = {name: yolox([*o, *AS_MASKRCNN]) for name, o in PROFILES.items()}
+    # Profiles measured against another profile run after it.
+    order = sorted(profiles, key=lambda n: profiles[n].ref not in ("self", "seed"))
+    yolox_engines = {n: yolox(profiles[n].sets) for n in order if YOLOX in profiles[n].models}
+    mr_names = [n for n in order if MASKRCNN in profiles[n].models and not args.skip_maskrcnn]
+    twins = {n: yolox((*profiles[n].sets, *AS_MASKRCNN)) for n in mr_names}
+    mr_engines = {}
+    for n in mr_names:
+        cfg = load_config(None, [*standin_set(standin), *profiles[n].sets])
+        # score_floor must match: keyframes ask yolox for the same lower threshold.
+        mr_engines[n] = Engine(cfg, costed(cfg, load_config(None, ["detector.model=yolox_nano", *profiles[n].sets])))
     yolox_seed_cfg = load_config(None, ["detector.model=yolox_nano"])
     yolox_seed_det = create_detector(yolox_seed_cfg)
-    mr_profiles = {**PROFILES, **MASKRCNN_ONLY}
-    if args.every_frame:
-        mr_profiles["every-frame"] = YOLOX_ONLY["every-frame"]
-    mr_engines = {}
-    if not args.skip_maskrcnn:
-        for n, o in mr_profiles.items():
-            cfg = load_config(None, [*standin_set(standin), *o])
-            # score_floor must match: keyframes ask yolox for the same lower threshold.
-            mr_engines[n] = Engine(cfg, costed(cfg, load_config(None, ["detector.model=yolox_nano", *o])))
-    mr_seed_cfg = None if args.skip_maskrcnn else load_config(None, [*standin_set(standin), *SEED])
-    mr_seed_det = costed(mr_seed_cfg, yolox_seed_cfg, SeedMaskRCNN) if mr_seed_cfg else None
+    mr_seed_cfg = load_config(None, [*standin_set(standin), *SEED]) if mr_names else None
+    judges = Judges(CANDIDATES)
+    (args.cache / "judges").mkdir(exist_ok=True)
 
     rows: list[dict[str, object]] = []
-    for clip, src in {} if args.extras_only else cut.items():
-        with video_io.VideoReader(src, max_pixels=1 << 28) as r:
-            shape = (r.info.height, r.info.width)
-        print(f"== {clip} ({shape[1]}x{shape[0]}, {args.frames} frames)", flush=True)
-        ref = run_seed(yolox_seed_cfg, yolox_seed_det, "yolox-seed", clip, src, out, True)
-        rows.append(_row("yolox_nano", ref, ref, None))
+    mr_seed_det = costed(mr_seed_cfg, yolox_seed_cfg, SeedMaskRCNN) if mr_seed_cfg is not None else None
+    for clip, src in ({} if args.extras_only else cut).items():
+        frames = decode(src)
+        shape = frames[0].shape[:2]
+        print(f"== {clip} ({shape[1]}x{shape[0]}, {len(frames)} frames)", flush=True)
+        judged = judge_frames(judges, frames, args.cache / "judges" / f"{src.stem}.npz")
+        stem = Path(clip).stem
+
+        def privacy(run: Run, ref: Run, label: str, stem: str = stem) -> Privacy:
+            return judged_privacy(run, ref, shape, judged, frames, misses / label / stem)  # noqa: B023
+
+        seed = run_seed(yolox_seed_cfg, yolox_seed_det, "yolox-seed", clip, src, out, True)
+        refs = {"seed": seed}
+        rows.append(_row(YOLOX, "seed", seed, seed, privacy(seed, seed, "yolox_nano-seed")))
         for name, engine in yolox_engines.items():
             run = run_engine(engine, f"yolox-{name}", clip, src, out, True)
-            rows.append(_row("yolox_nano", run, ref, coverage(ref, run, shape)))
+            ref = refs.get(profiles[name].ref, run)
+            refs[name] = run
+            rows.append(_row(YOLOX, name, run, seed, privacy(run, ref, f"yolox_nano-{name}")))
             print(f"   yolox {name}: {run.frames / run.seconds:.1f} fps", flush=True)
-        twin_cov = {n: coverage(ref, run_engine(e, f"twin-{n}", clip, src, out, True), shape) for n, e in twins.items()}
-        if mr_seed_det is not None and mr_seed_cfg is not None:
-            seed = run_seed(mr_seed_cfg, mr_seed_det, "seed", clip, src, out, False)
-            rows.append(_row("mask_rcnn", seed, seed, None))
-            print(f"   mask_rcnn seed: {seed.frames / seed.seconds:.2f} fps", flush=True)
+        twin_privacy = {
+            n: privacy(run_engine(e, f"twin-{n}", clip, src, out, True), seed, f"mask_rcnn-{n}")
+            for n, e in twins.items()
+        }
+        if mr_seed_cfg is not None and mr_seed_det is not None:
+            mr_seed = run_seed(mr_seed_cfg, mr_seed_det, "seed", clip, src, out, False)
+            rows.append(_row(MASKRCNN, "seed", mr_seed, mr_seed, None))
+            print(f"   mask_rcnn seed: {mr_seed.frames / mr_seed.seconds:.2f} fps", flush=True)
             for name, engine in mr_engines.items():
                 run = run_engine(engine, name, clip, src, out, False)
-                rows.append(_row("mask_rcnn", run, seed, twin_cov.get(name)))
-                ratio = (run.frames / run.seconds) / (seed.frames / seed.seconds)
+                rows.append(_row(MASKRCNN, name, run, mr_seed, twin_privacy[name]))
+                ratio = (run.frames / run.seconds) / (mr_seed.frames / mr_seed.seconds)
                 print(f"   mask_rcnn {name}: {run.frames / run.seconds:.2f} fps ({ratio:.1f}x)", flush=True)
 
-    extras = None
+    photo_rows = photos(args.images, args.cache, judges, yolox_seed_det, yolox_seed_cfg, yolox_engines, twins, misses)
+    more = None
     if not args.no_extras:
-        mem = memory_check(models_dir, cut[args.clips[-1]], args.cache, args.frames)
-        images = {"yolox_nano": images_rate(yolox_engines["default"], out)}
-        if mr_engines:
-            images["mask_rcnn"] = images_rate(mr_engines["default"], out)
-        daemons = {
-            "yolox_nano": (*daemon_rate(models_dir, args.cache, "{model: yolox_nano}", 4), images["yolox_nano"][1])
-        }
-        if mr_engines:
-            files = ", ".join(s.replace("detector.files.", "").replace("=", ": ") for s in standin_set(standin))
-            plain = create_detector(load_config(None, standin_set(standin)))
-            daemons["mask_rcnn"] = (
-                *daemon_rate(models_dir, args.cache, f"{{files: {{{files}}}}}", 2),
-                bare_rate(plain),
-            )
-        extras = (mem, images, daemons)
-    report = render(rows, args, extras)
+        more = extras.measure_all(
+            models_dir, args.cache, cut[args.clips[-1]], yolox_engines["default"], mr_engines.get("default"), standin
+        )
+    report = render(rows, photo_rows, args, more)
     print(report)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(report, encoding="utf-8")
-    args.out.with_suffix(".json").write_text(json.dumps(rows, indent=1, default=float), encoding="utf-8")
+    args.out.with_suffix(".json").write_text(
+        json.dumps({"clips": rows, "photos": photo_rows}, indent=1, default=float), encoding="utf-8"
+    )
     return 0
 
 
-def _row(model: str, run: Run, base: Run, cov: dict[str, float] | None) -> dict[str, object]:
+def decode(src: Path) -> list[np.ndarray]:
+    with video_io.VideoReader(src, max_pixels=1 << 28) as r:
+        return [f.image for f in r.frames()]
+
+
+def photos(
+    names: list[str],
+    cache: Path,
+    judges: Judges,
+    seed_det: Detector,
+    seed_cfg: Config,
+    yolox_engines: dict[str, Engine],
+    twins: dict[str, Engine],
+    misses: Path,
+) -> list[dict[str, object]]:
+    """Each profile on each photo: recall against the judges, overreach against one plain detection."""
+    rows: list[dict[str, object]] = []
+    out = cache / "out"
+    for name in names:
+        path = SHARED / "media" / name
+        image = image_io.read_image(path, max_pixels=1 << 28)
+        shape = image.shape[:2]
+        judged = judge_frames(judges, [image], cache / "judges" / f"photo-{path.stem}.npz")
+        h, w = shape
+        plain = rasterize(seed_det.detect(image), w, h, shape="box", dilate=seed_cfg.protect.dilate)
+        ref = Run("seed", name, 1, 0.0, 0, {}, 1, [np.packbits(plain > 0)], [seed_det.detect(image).boxes])
+        runs = [(YOLOX, "seed", ref)]
+        runs += [(YOLOX, n, e) for n, e in yolox_engines.items()]  # type: ignore[misc]
+        runs += [(MASKRCNN, n, e) for n, e in twins.items()]  # type: ignore[misc]
+        for model, profile, what in runs:
+            bits = what.masks[0] if isinstance(what, Run) else photo_mask(what, path, out)
+            run = Run(profile, name, 1, 0.0, 0, {}, 1, [bits], [])
+            p = measure(run.masks, shape, judged, ref.masks, ref.boxes)
+            save_misses(p.misses, [image], run.masks, misses / f"{model}-{profile}" / path.stem)
+            rows.append({"model": model, "profile": profile, "photo": name, **_privacy(p)})
+    return rows
+
+
+def _privacy(p: Privacy | None) -> dict[str, object]:
+    if p is None:
+        return {}
+    out: dict[str, object] = {
+        "overreach": p.overreach,
+        "share": p.share,
+        "coverage": p.coverage,
+        "worst": p.worst,
+        "under_half": p.under_half,
+    }
+    for kind in ("person", "centerface", "yunet"):
+        out[f"{kind}_judged"] = p.judged[kind]
+        out[f"{kind}_missed"] = p.missed(kind)
+        out[f"{kind}_recall"] = p.recall(kind)
+    return out
+
+
+def _row(model: str, profile: str, run: Run, base: Run, p: Privacy | None) -> dict[str, object]:
     fps = run.frames / run.seconds
     base_fps = base.frames / base.seconds
-    name = run.config.removeprefix("yolox-")
     return {
         "model": model,
-        "profile": name,
+        "profile": profile,
         "clip": run.clip,
         "frames": run.frames,
         "fps": fps,
@@ -594,62 +453,78 @@ def _row(model: str, run: Run, base: Run, cov: dict[str, float] | None) -> dict[
         "rss_mb": run.rss / 2**20,
         "keyframes": run.keyframes / run.frames,
         **{f"t_{k}": v / run.frames for k, v in run.stages.items()},
-        **(cov or {"coverage": None, "worst": None, "under_half": None}),
+        **_privacy(p),
     }
+
+
+# ------------------------------------------------------------------ report
+
+
+def _pct(v: object, digits: int = 1) -> str:
+    return "—" if v is None else f"{100 * float(v):.{digits}f}%"  # type: ignore[arg-type]
+
+
+def _recall(r: dict[str, object], kind: str) -> str:
+    n = r.get(f"{kind}_judged")
+    if n is None:
+        return "—"
+    missed = int(r[f"{kind}_missed"])  # type: ignore[call-overload]
+    rec = r[f"{kind}_recall"]
+    return f"{float(rec):.3f} ({missed}/{n})" if rec is not None else f"— (0/{n})"  # type: ignore[arg-type]
+
+
+def _over(r: dict[str, object]) -> str:
+    v = r.get("overreach")
+    return "—" if v is None else f"{float(v):.2f}"  # type: ignore[arg-type]
 
 
 def render(
     rows: list[dict[str, object]],
+    photo_rows: list[dict[str, object]],
     args: argparse.Namespace,
-    extras: tuple[tuple[int, int, int, int], dict[str, tuple[float, float]], dict[str, tuple[int, float, float]]]
-    | None,
+    more: list[str] | None,
 ) -> str:
-    def pct(v: object) -> str:
-        return "—" if v is None else f"{100 * float(v):.2f}%"  # type: ignore[arg-type]
-
     lines = [
-        f"Command: `make bench` (= `python -m bench.run --frames {args.frames}`), {os.cpu_count()} cores, "
-        f"OpenCV {cv2.__version__}. Ratio = fps / the same model's every-frame sequential loop on the same clip, "
-        "same run. Coverage = share of the every-frame loop's hidden pixels that the profile hides too, "
-        "measured with yolox_nano (the stand-in Mask R-CNN has no real accuracy); worst = worst single frame; "
-        "<½ = instances the loop hid that the profile hid less than half of. Stage times are ms per frame "
-        "(busy time of each thread; they overlap). +RSS = resident memory the run added (all models stay loaded in "
-        "this one process; the memory line below uses fresh processes).",
+        f"Command: `python -m bench.run --frames {args.frames}` (part of `make bench`), {os.cpu_count()} cores, "
+        f"OpenCV {cv2.__version__}. Ratio = fps / the same model's every-frame sequential loop (the seed's) on "
+        "the same clip, same run. Privacy (yolox_nano; Mask R-CNN rows are their yolox_nano twin's): overreach = "
+        "hidden pixels / hidden pixels of the every-frame loop; hidden = mean share of the frame hidden; "
+        "coverage = share of the every-frame loop's hidden pixels hidden too, worst single frame, instances it hid "
+        "that the profile hid less than half of (<½); recall = judged persons (nanodet_m, tiled) / faces "
+        "(CenterFace, YuNet) at least half hidden, (misses/judged). Stage times are ms per frame (busy time of each "
+        "thread; they overlap). +RSS = resident memory the run added.",
         "",
-        "| model | profile | clip | fps | ratio | keyframes | coverage | worst | <½ "
-        "| decode | infer | plan | protect | encode | idle | +RSS |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| model | profile | clip | fps | ratio | keyframes | overreach | hidden | coverage | worst | <½ "
+        "| persons | faces (CenterFace) | faces (YuNet) | decode | infer | plan | protect | encode | +RSS |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         ms = [
-            f"{1000 * float(r.get('t_' + k, 0.0) or 0.0):.0f}"
-            for k in ("decode", "inference", "planning", "protection", "encode", "idle")
-        ]  # type: ignore[arg-type]
+            f"{1000 * float(r.get('t_' + k, 0.0) or 0.0):.0f}"  # type: ignore[arg-type]
+            for k in ("decode", "inference", "planning", "protection", "encode")
+        ]
         lines.append(
-            f"| {r['model']} | {r['profile']} | {r['clip']} | {float(r['fps']):.2f} | {float(r['ratio']):.1f}x | "  # type: ignore[arg-type]
-            f"{pct(r['keyframes'])} | {pct(r['coverage'])} | {pct(r['worst'])} | "
-            f"{'—' if r['under_half'] is None else r['under_half']} | {' | '.join(ms)} | {float(r['rss_mb']):.0f} MB |"  # type: ignore[arg-type]
+            f"| {r['model']} | {r['profile']} | {r['clip']} | {float(r['fps']):.2f} | "  # type: ignore[arg-type]
+            f"{float(r['ratio']):.1f}x | {_pct(r['keyframes'])} | {_over(r)} | {_pct(r.get('share'))} | "  # type: ignore[arg-type]
+            f"{_pct(r.get('coverage'), 2)} | {_pct(r.get('worst'))} | {r.get('under_half', '—')} | "
+            f"{_recall(r, 'person')} | {_recall(r, 'centerface')} | {_recall(r, 'yunet')} | "
+            f"{' | '.join(ms)} | {float(r['rss_mb']):.0f} MB |"  # type: ignore[arg-type]
         )
-    if extras is None:
-        return "\n".join(lines) + "\n"
-    mem, images, daemons = extras
-    n1, rss1, n10, rss10 = mem
-    lines += [
-        "",
-        f"Memory (fresh processes, yolox_nano default): {n1} frames peak {rss1 / 2**20:.0f} MB; "
-        f"{n10} frames peak {rss10 / 2**20:.0f} MB ({100 * (rss10 - rss1) / rss1:+.1f}%).",
-    ]
-    for model, (full, pure) in images.items():
-        lines.append(
-            f"Images through the engine with the model loaded once ({model}): {full:.2f} images/s; "
-            f"bare inference on the same images: {pure:.2f} images/s ({100 * full / pure:.0f}%)."
-        )
-    for model, (n, ips, pure) in daemons.items():
-        lines.append(
-            f"The daemon (`edgeguard run`, {model}, {n} images dropped at once, from READY=1 to the last output, "
-            f"with claim, sha256, fsyncs, output check and ledger): {ips:.2f} images/s "
-            f"({100 * ips / pure:.0f}% of the bare detector's {pure:.2f} images/s)."
-        )
+    if photo_rows:
+        lines += [
+            "",
+            "Photos (one detection each; overreach against one plain detection at detector.confidence):",
+            "",
+            "| model | profile | photo | overreach | hidden | persons | faces (CenterFace) | faces (YuNet) |",
+            "|---|---|---|---:|---:|---:|---:|---:|",
+        ]
+        for r in photo_rows:
+            lines.append(
+                f"| {r['model']} | {r['profile']} | {r['photo']} | {_over(r)} | {_pct(r['share'])} | "
+                f"{_recall(r, 'person')} | {_recall(r, 'centerface')} | {_recall(r, 'yunet')} |"
+            )
+    if more:
+        lines += ["", *more]
     return "\n".join(lines) + "\n"
 
 
