@@ -47,6 +47,7 @@ class Miss:
     frame: int
     kind: str  # "person", "centerface" or "yunet"
     box: tuple[float, float, float, float]
+    score: float  # the judge's
     hidden: float  # share of the box that was hidden
 
 
@@ -113,7 +114,7 @@ def measure(
             for b in boxes.tolist():
                 s = hidden_share(mask, b)
                 if s < 0.5:
-                    p.misses.append(Miss(i, kind, (b[0], b[1], b[2], b[3]), s))
+                    p.misses.append(Miss(i, kind, (b[0], b[1], b[2], b[3]), b[4], s))
     return p
 
 
@@ -147,7 +148,39 @@ def save_misses(
         if pair.shape[0] < 160:  # small misses are shown larger
             f = 160 / pair.shape[0]
             pair = cv2.resize(pair, None, fx=f, fy=f, interpolation=cv2.INTER_NEAREST)
-        path = folder / f"f{m.frame:03d}-{m.kind}-{int(x0)}x{int(y0)}-hid{round(100 * m.hidden)}.jpg"
+        path = (
+            folder
+            / f"f{m.frame:03d}-{m.kind}-{int(x0)}x{int(y0)}-s{round(100 * m.score)}-hid{round(100 * m.hidden)}.jpg"
+        )
         cv2.imwrite(str(path), pair, [cv2.IMWRITE_JPEG_QUALITY, 85])
         paths.append(path)
     return paths
+
+
+def contact_sheet(paths: Sequence[Path], out: Path, height: int = 160, width: int = 1600) -> None:
+    """The miss pictures in rows, each scaled to `height`, labelled with its file name."""
+    rows: list[npt.NDArray[np.uint8]] = []
+    row: list[npt.NDArray[np.uint8]] = []
+    used = 0
+    for p in paths:
+        pic = cv2.imread(str(p))
+        if pic is None:
+            continue
+        pic = cv2.resize(pic, (max(1, round(pic.shape[1] * height / pic.shape[0])), height))
+        label = np.full((16, pic.shape[1], 3), 255, np.uint8)
+        cv2.putText(label, p.stem[:40], (2, 12), cv2.FONT_HERSHEY_PLAIN, 0.8, (0, 0, 0), 1)
+        pic = np.concatenate([label, pic])
+        if used + pic.shape[1] > width and row:
+            rows.append(_pad(np.concatenate(row, axis=1), width))
+            row, used = [], 0
+        row.append(pic[:, :width])
+        used += min(width, pic.shape[1])
+    if row:
+        rows.append(_pad(np.concatenate(row, axis=1), width))
+    if rows:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(out), np.concatenate(rows), [cv2.IMWRITE_JPEG_QUALITY, 85])
+
+
+def _pad(row: npt.NDArray[np.uint8], width: int) -> npt.NDArray[np.uint8]:
+    return np.pad(row, ((0, 4), (0, width - row.shape[1]), (0, 0)), constant_values=255)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from edgeguard.errors import ConfigError
 
@@ -71,6 +71,9 @@ class ProtectConfig(Section):
         Annotated[int, Field(ge=0, le=255)],
     ] = (0, 0, 0)
     dilate: Annotated[int, Field(ge=0, le=256)] = 8
+    # Persons are also hidden this share of their height above their box: detectors often cut
+    # a box at the forehead, leaving a face above it.
+    head_margin: Annotated[float, Field(ge=0, le=1)] = 0.0
 
     @field_validator("blur_kernel")
     @classmethod
@@ -90,24 +93,41 @@ class VideoConfig(Section):
 
 
 class TemporalConfig(Section):
-    """Detect on keyframes and carry protection between them, safely."""
+    """Detect on keyframes and carry each instance between them along its own motion."""
 
     # Detect at least every this many frames; 1 = every frame (the seed's loop).
     keyframe_interval: Annotated[int, Field(ge=1, le=300)] = 16
-    # Force a fresh detection when something changes outside the protected area.
+    # Force a fresh detection when something changes that the tracked instances do not explain.
     motion_check: bool = True
     # Grey-level change (0..255) that counts as motion.
     motion_threshold: Annotated[int, Field(ge=1, le=255)] = 25
-    # Share of the frame that may change outside the protected area before a fresh detection.
+    # Share of the frame that may change unexplained before a fresh detection.
     motion_min_area: Annotated[float, Field(ge=0, le=1)] = 0.002
-    # Pixels added around protection carried between keyframes (and around the area the motion check trusts).
-    grow: Annotated[int, Field(ge=0, le=512)] = 40
+    # Pixels added around every carried instance, on top of its measured margin (a share of its
+    # height that grows with the distance to the keyframes that saw it; see temporal.Margins).
+    margin: Annotated[float, Field(ge=0, le=512)] = 1.0
+    # Multiplies the measured margins: below 1 hides less around carried instances and
+    # leaves more of them uncovered (measure with `make bench`).
+    margin_scale: Annotated[float, Field(ge=0, le=10)] = 1.0
+    # Share of an instance's height around it where the motion check also expects change
+    # (shadows, swinging bags); what it hides is not widened by this.
+    motion_slack: Annotated[float, Field(ge=0, le=4)] = 0.25
     # Keyframes look harder: they keep detections down to this score (never above
-    # detector.confidence), since their areas stand in for the frames around them.
+    # detector.confidence), since their instances stand in for the frames around them.
     keyframe_confidence: Annotated[float, Field(ge=0, le=1)] = 0.15
     # Keyframes also look at the mirrored frame: always | never | auto (for models that flicker
     # between frames and are cheap, like yolox_nano; not for Mask R-CNN).
     keyframe_mirror: Literal["auto", "always", "never"] = "auto"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _retired(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "grow" in data:
+            raise ValueError(
+                "'grow' was retired: carried instances now follow their own motion, with margins "
+                "measured from tracking error (tune them with margin and margin_scale)"
+            )
+        return data
 
 
 class MediaConfig(Section):

@@ -27,7 +27,7 @@ from edgeguard.media import media_kind
 from edgeguard.media import video as video_io
 from edgeguard.protection import Mask, hide, rasterize
 from edgeguard.stages import Consumer, Producer
-from edgeguard.temporal import Image, Planned, Planner
+from edgeguard.temporal import Image, Pads, Planned, Planner
 
 log = logging.getLogger(__name__)
 
@@ -238,10 +238,10 @@ class Engine:
         )
         return written, found, stats
 
-    def _rasterize(self, det: Detections, width: int, height: int) -> Mask:
+    def _rasterize(self, det: Detections, width: int, height: int, pad: Pads | None = None) -> Mask:
         c = self.cfg.protect
         shape = c.shape if self.detector.has_masks else "box"
-        return rasterize(det, width, height, shape=shape, dilate=c.dilate)
+        return rasterize(det, width, height, shape=shape, dilate=c.dilate, pad=pad, head=c.head_margin)
 
     def _detect(self, img: Image, src: Path, stands_in: bool = False) -> Detections:
         try:

@@ -13,17 +13,64 @@ Mask = npt.NDArray[np.uint8]  # HxW, 255 = hide
 Image = npt.NDArray[np.uint8]
 
 
-def rasterize(det: Detections, width: int, height: int, *, shape: str, dilate: int) -> Mask:
-    """The pixels to hide: instance masks (or boxes), grown by `dilate` pixels."""
+def rasterize(
+    det: Detections,
+    width: int,
+    height: int,
+    *,
+    shape: str,
+    dilate: int,
+    pad: npt.NDArray[np.int32] | None = None,
+    head: float = 0.0,
+) -> Mask:
+    """The pixels to hide: instance masks (or boxes), grown by `dilate` pixels, and each
+    instance by its own `pad` too (carried instances: how far they may be from where they are placed).
+
+    `head` extends every person upward by that share of its height: detectors often cut
+    a person's box at the forehead, or lose the head against a busy background.
+    """
     mask = np.zeros((height, width), np.uint8)
     use_masks = shape == "mask" and det.masks is not None
-    for i, (x0, y0, x1, y1) in enumerate(det.boxes.tolist()):
-        if use_masks:
-            assert det.masks is not None
-            mask[y0:y1, x0:x1][det.masks[i]] = 255
-        else:
-            mask[y0:y1, x0:x1] = 255
+    pads = np.zeros(len(det), np.int32) if pad is None else pad
+    if head > 0:
+        det = _with_heads(det, head)
+    if not use_masks:
+        # A box grown by a square dilation is the box made larger: no dilation needed.
+        for (x0, y0, x1, y1), p in zip(det.boxes.tolist(), (pads + max(0, dilate)).tolist(), strict=True):
+            if x1 > x0 and y1 > y0:
+                mask[max(0, y0 - p) : y1 + p, max(0, x0 - p) : x1 + p] = 255
+        return mask
+    assert det.masks is not None
+    for (x0, y0, x1, y1), m, p in zip(det.boxes.tolist(), det.masks, pads.tolist(), strict=True):
+        if x1 <= x0 or y1 <= y0:
+            continue
+        if p <= 0:
+            mask[y0:y1, x0:x1][m] = 255
+            continue
+        # Grow this instance alone, in a canvas just large enough for it.
+        canvas = np.zeros((y1 - y0 + 2 * p, x1 - x0 + 2 * p), np.uint8)
+        canvas[p:-p, p:-p][m] = 255
+        canvas = grow(canvas, p)
+        ys, xs = slice(max(0, y0 - p), min(height, y1 + p)), slice(max(0, x0 - p), min(width, x1 + p))
+        mask[ys, xs] |= canvas[ys.start - (y0 - p) : ys.stop - (y0 - p), xs.start - (x0 - p) : xs.stop - (x0 - p)]
     return grow(mask, dilate)
+
+
+def _with_heads(det: Detections, head: float) -> Detections:
+    """Persons extended upward by `head` x their height (the strip above a mask is box-wide)."""
+    boxes = det.boxes.copy()
+    masks = list(det.masks) if det.masks is not None else None
+    for i, cls in enumerate(det.classes):
+        if cls != "person":
+            continue
+        x0, y0, x1, y1 = boxes[i].tolist()
+        top = max(0, y0 - int(np.ceil(head * (y1 - y0))))
+        if top == y0:
+            continue
+        boxes[i, 1] = top
+        if masks is not None:
+            masks[i] = np.concatenate([np.ones((y0 - top, x1 - x0), np.bool_), masks[i]])
+    return Detections(boxes, det.scores, det.classes, None if masks is None else tuple(masks), det.frame_size)
 
 
 def grow(mask: Mask, pixels: int) -> Mask:

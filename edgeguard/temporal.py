@@ -1,18 +1,26 @@
-"""Keyframe detection with conservative carry-over between keyframes.
+"""Keyframe detection with tracked carry-over between keyframes.
 
-The detector runs on keyframes: at least every `keyframe_interval` frames, and
-on any frame where a cheap motion check sees change outside the area the last
-keyframe protects (grown by `grow`). Every frame between two keyframes hides
-the union of both keyframes' areas, the regions swept by instances matched
-between them, all grown by `grow`. So no carried frame is less protected than
-either neighbouring keyframe, and anything that moved out of the protected
-area since the last keyframe forces a fresh detection on the frame it does.
+The detector runs on keyframes: at least every `keyframe_interval` frames, and on
+any frame where a cheap motion check sees change that the tracked instances do not
+explain. Frames between two keyframes are held back (at most one interval) until
+the next keyframe is known; each of them then hides every instance of both
+keyframes where that instance is on that frame:
 
-Camera motion (handheld clips, pan/tilt gateways) is estimated from tracked
-background corners and compensated: the keyframe is warped onto each frame
-before comparing, carried areas are warped along, and scenery that comes
-into view counts as change. When the camera motion cannot be estimated the
-frame simply becomes a keyframe.
+- an instance seen at both keyframes follows its own optical flow from the first,
+  and the drift that flow had gathered by the second is spread linearly over the
+  interval, so its path ends exactly on the second keyframe's detection; its size
+  is interpolated and its shape is the union of both keyframes' masks;
+- an instance seen at one keyframe only is carried by its own flow, forward from
+  the first or backward from the second;
+- each is grown by a margin that grows with its distance from the nearest keyframe
+  that saw it (and faster while its flow is unsure), sized from measured tracking
+  error (see `Margins`).
+
+The motion check compares each frame with the last keyframe, warped by the
+camera's motion: change where the keyframe's instances were and where their
+tracks are now is explained; change elsewhere, or newly revealed scenery, beyond
+`motion_min_area` forces a keyframe. Camera motion is estimated from background
+corners; when it cannot be, the frame simply becomes a keyframe.
 """
 
 from __future__ import annotations
@@ -27,18 +35,68 @@ import numpy as np
 import numpy.typing as npt
 
 from edgeguard.config import TemporalConfig
-from edgeguard.detections import Detections
-from edgeguard.protection import Mask, grow
+from edgeguard.detections import BoolArray, Detections, clip_boxes
+from edgeguard.protection import Mask
+from edgeguard.tracking import FlowFrame, Track, match, seed, step
 
 Image = npt.NDArray[np.uint8]
 T = TypeVar("T")
+Pads = npt.NDArray[np.int32]
+# (detections, width, height, extra pixels around each instance or None) -> mask
+Rasterize = Callable[[Detections, int, int, "Pads | None"], Mask]
 
 MOTION_WIDTH = 320  # the motion check works on a small grey copy of the frame
 MIN_TRACKS = 12  # fewer tracked background corners than this: camera motion is unknown
 STILL = 0.25  # small-scale pixels: a camera that moved less than this is treated as still
+NEW_SCENERY = 40  # full-frame px: a wider strip of newly revealed scenery counts as change
 Affine = npt.NDArray[np.float64]  # 2x3, keyframe (small scale) -> frame (small scale)
 _OPEN = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (3, 3))
 IDENTITY: Affine = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+
+
+@dataclass(frozen=True)
+class Margins:
+    """How far a carried instance may be from where it is placed, in pixels.
+
+    Sized from measured error (`python -m bench.calibrate`: where the every-frame
+    detector's boxes lie around the placed instances on the bench clips), as shares
+    of the instance's height, at about the 90th percentile of what each case needed:
+
+    - seen at both keyframes: 1% + 0.5% per frame to the nearer keyframe, plus a fifth
+      of the evidence that this instance is hard to follow (how far its own flow
+      missed the second keyframe, and how much its box changed) once 3 frames out;
+    - seen at one keyframe only: 3.5% + 1.2% per frame from it;
+    - 1% more per frame its flow was lost.
+
+    `scale` multiplies all of it; `px` is added to every margin.
+    """
+
+    px: float
+    scale: float = 1.0
+    motion_slack: float = 0.1  # share of the height the motion check also allows (shadows, swinging bags)
+
+    BOTH = 0.005
+    BOTH_GROWTH = 0.0025
+    EVIDENCE = 0.1
+    ONE = 0.035
+    ONE_GROWTH = 0.012
+    UNSURE = 0.01
+
+    @classmethod
+    def of(cls, cfg: TemporalConfig) -> Margins:
+        return cls(cfg.margin, cfg.margin_scale, cfg.motion_slack)
+
+    def __call__(self, p: Placement) -> float:
+        if p.both:
+            evidence = (p.drift + p.resize) / max(1.0, p.height)
+            share = self.BOTH + self.BOTH_GROWTH * p.frames + self.EVIDENCE * evidence * min(1.0, p.frames / 3)
+        else:
+            share = self.ONE + self.ONE_GROWTH * p.frames
+        return self.px + self.scale * p.height * (share + self.UNSURE * p.unsure)
+
+    def single(self, height: float, frames: int, unsure: int) -> float:
+        """An instance followed from one keyframe (the motion check's view of the tracks)."""
+        return self.px + self.scale * height * (self.ONE + self.ONE_GROWTH * frames + self.UNSURE * unsure)
 
 
 @dataclass
@@ -47,8 +105,10 @@ class Key:
     det: Detections
     mask: Mask  # full size, what the keyframe itself hides
     small: npt.NDArray[np.uint8]  # blurred small grey frame
-    trusted: npt.NDArray[np.uint8]  # small-scale: protected area grown by `grow` (255 = trusted)
+    ghost: npt.NDArray[np.uint8]  # small scale: where its instances are, with slack (255)
     corners: npt.NDArray[np.float32] | None  # background corners to follow the camera with
+    flow: FlowFrame
+    tracks: list[Track]  # its instances, followed forward frame by frame
 
 
 @dataclass(frozen=True)
@@ -63,6 +123,14 @@ class Planned(Generic[T]):
         return self.det is not None
 
 
+@dataclass
+class _Held(Generic[T]):
+    """A frame waiting for the next keyframe."""
+
+    item: T
+    flow: FlowFrame
+
+
 class Planner(Generic[T]):
     """Turns a stream of frames into (frame, mask) pairs, holding at most one interval of frames."""
 
@@ -70,41 +138,65 @@ class Planner(Generic[T]):
         self,
         cfg: TemporalConfig,
         detect: Callable[[Image, bool], Detections],  # (frame, stands in for carried frames)
-        rasterize: Callable[[Detections, int, int], Mask],
+        rasterize: Rasterize,
     ) -> None:
         self.cfg = cfg
+        self.margins = Margins.of(cfg)
+        # Called with each interval and its frames' items before they are placed (the bench measures with it).
+        self.on_interval: Callable[[Interval, list[T]], None] | None = None
         self.detect = detect
         self.rasterize = rasterize
         self.keyframes = 0
         self.motion_keyframes = 0
         self.frames = 0
-        self.busy = 0.0  # seconds in the motion check and carry-over (not detection)
+        self.busy = 0.0  # seconds in the motion check, tracking and carry-over (not detection)
         self._detect_time = 0.0
         self.waited = 0.0  # seconds waiting for decoded frames (idle)
 
-    def _small(self, image: Image) -> npt.NDArray[np.uint8]:
-        h, w = image.shape[:2]
+    def _small(self, grey: Image) -> npt.NDArray[np.uint8]:
+        """The motion check's copy: MOTION_WIDTH wide, blurred (from the tracker's grey frame)."""
+        h, w = grey.shape[:2]
         sw = min(MOTION_WIDTH, w)
         sh = max(1, round(h * sw / w))
-        grey = cv2.cvtColor(cv2.resize(image[:, :, :3], (sw, sh), interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2GRAY)
-        return np.asarray(cv2.GaussianBlur(grey, (5, 5), 0), np.uint8)
+        return np.asarray(
+            cv2.GaussianBlur(cv2.resize(grey, (sw, sh), interpolation=cv2.INTER_AREA), (5, 5), 0), np.uint8
+        )
 
-    def _key(self, index: int, image: Image, small: npt.NDArray[np.uint8]) -> Key:
+    def _key(self, index: int, image: Image, small: npt.NDArray[np.uint8], flow: FlowFrame) -> Key:
         h, w = image.shape[:2]
         t0 = time.perf_counter()
         # A keyframe whose areas stand in for carried frames looks harder (the detector callback
         # decides how); every frame its own keyframe (interval 1) need not.
         det = self.detect(image, self.cfg.keyframe_interval > 1)
         self._detect_time += time.perf_counter() - t0
-        mask = self.rasterize(det, w, h)
+        mask = self.rasterize(det, w, h, None)
         self.keyframes += 1
-        size = (small.shape[1], small.shape[0])
-        trusted = cv2.resize(grow(mask, self.cfg.grow), size, interpolation=cv2.INTER_NEAREST)
-        # Shrink by a small-scale pixel so resizing never widens what the check ignores.
-        trusted = cv2.erode(trusted, np.ones((3, 3), np.uint8))
+        ghost = np.zeros_like(small)
+        self._paint_small(ghost, det.boxes.astype(np.float64), 0, [0] * len(det), w)
         # Follow the camera with corners on the background only: people move on their own.
-        corners = cv2.goodFeaturesToTrack(small, 160, 0.01, 8, mask=cv2.bitwise_not(trusted))
-        return Key(index, det, mask, small, trusted, corners)
+        corners = cv2.goodFeaturesToTrack(small, 400, 0.002, 4, mask=cv2.bitwise_not(ghost))
+        return Key(index, det, mask, small, ghost, corners, flow, seed(flow, det))
+
+    def _every_frame(self, item: T, image: Image, index: int) -> Planned[T]:
+        t0 = time.perf_counter()
+        det = self.detect(image, False)
+        self._detect_time += time.perf_counter() - t0
+        self.keyframes += 1
+        return Planned(
+            item, self.rasterize(det, image.shape[1], image.shape[0], None), det, "interval" if index else "first"
+        )
+
+    def _paint_small(
+        self, canvas: npt.NDArray[np.uint8], boxes: npt.NDArray[np.float64], frames: int, unsure: list[int], width: int
+    ) -> None:
+        """Boxes (full-frame px) onto a small-scale canvas, each grown by its margin and the motion slack."""
+        s = canvas.shape[1] / width
+        for box, u in zip(boxes, unsure, strict=True):
+            h = box[3] - box[1]
+            pad = self.margins.single(h, frames, u) + self.margins.motion_slack * h
+            x0, y0 = int((box[0] - pad) * s), int((box[1] - pad) * s)
+            x1, y1 = int(np.ceil((box[2] + pad) * s)), int(np.ceil((box[3] + pad) * s))
+            cv2.rectangle(canvas, (x0, y0), (x1, y1), 255, -1)
 
     def camera(self, key: Key, small: npt.NDArray[np.uint8]) -> Affine | None:
         """Camera motion from `key` to this frame (small scale), or None if it cannot be told."""
@@ -122,16 +214,23 @@ class Planner(Generic[T]):
             return None
         return np.asarray(affine, np.float64)
 
-    def moved_outside(self, key: Key, small: npt.NDArray[np.uint8], affine: Affine) -> bool:
-        """Did a region of change since `key`, outside the area it protects, grow past motion_min_area?"""
+    def moved_outside(self, key: Key, small: npt.NDArray[np.uint8], affine: Affine, k: int, width: int) -> bool:
+        """Did change since `key` that its tracked instances do not explain grow past motion_min_area?
+
+        Explained: where the keyframe's instances were (what they uncovered by moving)
+        and where their tracks are now, `k` frames on, each with its margin and slack.
+        """
         size = (small.shape[1], small.shape[0])
         if affine is IDENTITY:
-            ref, trusted = key.small, key.trusted
+            ref, trusted = key.small, key.ghost.copy()
             unseen = None
         else:
             ref = cv2.warpAffine(key.small, affine, size, flags=cv2.INTER_LINEAR, borderValue=0)
-            trusted = cv2.warpAffine(key.trusted, affine, size, flags=cv2.INTER_NEAREST, borderValue=0)
+            trusted = cv2.warpAffine(key.ghost, affine, size, flags=cv2.INTER_NEAREST, borderValue=0)
             unseen = cv2.warpAffine(np.full_like(key.small, 255), affine, size, flags=cv2.INTER_NEAREST) == 0
+        if key.tracks:
+            boxes = np.stack([t.at(k) for t in key.tracks])
+            self._paint_small(trusted, boxes, k, [t.unsure[k] for t in key.tracks], width)
         changed = (cv2.absdiff(small, ref) > self.cfg.motion_threshold) & (trusted == 0)
         if unseen is not None:
             # No reference there (the warp's black border, blended a pixel in): only width counts, below.
@@ -139,35 +238,14 @@ class Planner(Generic[T]):
         # Opening drops one-pixel seams (misregistration, compression); a person is a solid blob.
         blobs = cv2.morphologyEx(changed.astype(np.uint8), cv2.MORPH_OPEN, _OPEN)
         if unseen is not None:
-            # Scenery that came into view counts as change once the strip is wider than the
-            # margin carried areas get: anything narrower lies within the next keyframe's
-            # (edge-clipped) boxes grown by that margin.
-            k = max(3, 2 * round(self.cfg.grow * small.shape[1] / key.mask.shape[1]) + 1)
-            wide = cv2.morphologyEx(unseen.astype(np.uint8), cv2.MORPH_OPEN, np.ones((k, k), np.uint8))
+            # Scenery that came into view counts as change once the strip is wider than NEW_SCENERY:
+            # anything narrower is at the frame's edge, where the next keyframe's tracks reach back.
+            kk = max(3, 2 * round(NEW_SCENERY * small.shape[1] / width) + 1)
+            wide = cv2.morphologyEx(unseen.astype(np.uint8), cv2.MORPH_OPEN, np.ones((kk, kk), np.uint8))
             blobs |= wide
         n, _, stats, _ = cv2.connectedComponentsWithStats(blobs, connectivity=8)
         largest = int(stats[1:, cv2.CC_STAT_AREA].max()) if n > 1 else 0
         return bool(largest > self.cfg.motion_min_area * blobs.size)
-
-    def carry(self, a: Key, b: Key, a_to_b: Affine, a_to_t: Affine, full: tuple[int, int]) -> Mask:
-        """What a frame between keyframes `a` and `b` hides, in that frame's coordinates."""
-        return self._segment(a, b, a_to_b, full).at(a_to_t)
-
-    def _segment(self, a: Key, b: Key, a_to_b: Affine, full: tuple[int, int]) -> _Segment:
-        w, h = full
-        scale = (w / a.small.shape[1], h / a.small.shape[0])
-        if a_to_b is IDENTITY:
-            mask = cv2.bitwise_or(a.mask, b.mask)
-            for hull in swept_hulls(a.det, b.det, IDENTITY):
-                cv2.fillConvexPoly(mask, hull, 255)
-            return _Segment(grow(mask, self.cfg.grow), None, IDENTITY, scale)
-        # Join in a's coordinates (b moved back by the camera motion, plus the swept path);
-        # b's own area also travels separately so none of it is lost past a's borders.
-        b_to_a = cv2.invertAffineTransform(a_to_b)
-        mask = cv2.bitwise_or(a.mask, _warp(b.mask, b_to_a, scale))
-        for hull in swept_hulls(a.det, b.det, _scaled(b_to_a, scale)):
-            cv2.fillConvexPoly(mask, hull, 255)
-        return _Segment(grow(mask, self.cfg.grow), grow(b.mask, self.cfg.grow), b_to_a, scale)
 
     def run(self, frames: Iterator[tuple[T, Image]]) -> Iterator[Planned[T]]:
         """Every frame once, in order, with the mask it must hide."""
@@ -198,141 +276,178 @@ class Planner(Generic[T]):
     def _run(self, frames: Iterator[tuple[T, Image]]) -> Iterator[Planned[T]]:
         cfg = self.cfg
         prev: Key | None = None
-        pending: list[tuple[T, Affine]] = []
-        last: tuple[int, T, Image, npt.NDArray[np.uint8]] | None = None
-        full = (0, 0)
+        held: list[_Held[T]] = []
+        last: tuple[int, T, Image, npt.NDArray[np.uint8], FlowFrame] | None = None
+        flow_before: FlowFrame | None = None
         for index, (item, image) in enumerate(frames):
             self.frames += 1
-            small = self._small(image)
-            full = (image.shape[1], image.shape[0])
-            if prev is None:
-                prev = self._key(index, image, small)
-                yield Planned(item, prev.mask, prev.det, "first")
+            if cfg.keyframe_interval == 1:
+                yield self._every_frame(item, image, index)
                 continue
+            flow = FlowFrame.of(image)
+            small = self._small(flow.grey)
+            if prev is None:
+                prev = self._key(index, image, small, flow)
+                yield Planned(item, prev.mask, prev.det, "first")
+                flow_before = flow
+                continue
+            assert flow_before is not None
+            step(prev.tracks, flow_before, flow)
+            flow_before = flow
+            k = index - prev.index
             reason = ""
-            affine: Affine | None = IDENTITY
-            if index - prev.index >= cfg.keyframe_interval:
+            if k >= cfg.keyframe_interval:
                 reason = "interval"
             elif cfg.motion_check:
                 affine = self.camera(prev, small)
                 if affine is None:
                     reason = "camera"
-                elif self.moved_outside(prev, small, affine):
+                elif self.moved_outside(prev, small, affine, k, image.shape[1]):
                     reason = "motion"
             if not reason:
-                assert affine is not None
-                pending.append((item, affine))
-                last = (index, item, image, small)
+                held.append(_Held(item, flow))
+                last = (index, item, image, small, flow)
                 continue
             if reason in ("motion", "camera"):
                 self.motion_keyframes += 1
-            key = self._key(index, image, small)
-            yield from self._flush(prev, key, pending, small, full)
+            key = self._key(index, image, small, flow)
+            yield from self._flush(prev, key, held, image.shape[1], image.shape[0])
             yield Planned(item, key.mask, key.det, reason)
             prev, last = key, None
-        if pending and last is not None and prev is not None:
+        if held and last is not None and prev is not None:
             # The stream ended between keyframes: the last frame becomes one.
-            index, item, image, small = last
-            pending.pop()
-            key = self._key(index, image, small)
-            yield from self._flush(prev, key, pending, small, full)
+            index, item, image, small, flow = last
+            held.pop()
+            key = self._key(index, image, small, flow)
+            yield from self._flush(prev, key, held, image.shape[1], image.shape[0])
             yield Planned(item, key.mask, key.det, "last")
 
-    def _flush(
-        self, a: Key, b: Key, pending: list[tuple[T, Affine]], b_small: npt.NDArray[np.uint8], full: tuple[int, int]
-    ) -> Iterator[Planned[T]]:
-        if not pending:
+    def _flush(self, a: Key, b: Key, held: list[_Held[T]], w: int, h: int) -> Iterator[Planned[T]]:
+        if not held:
             return
-        a_to_b = self.camera(a, b_small)
-        if a_to_b is None:
-            # Too far to track from a; b directly follows the last carried frame, whose motion is known.
-            a_to_b = pending[-1][1]
-        segment = self._segment(a, b, a_to_b, full)
-        for item, a_to_t in pending:
-            yield Planned(item, segment.at(a_to_t), None, "carried")
-        pending.clear()
+        interval = Interval(a, b, [frame.flow for frame in held])
+        if self.on_interval is not None:
+            self.on_interval(interval, [frame.item for frame in held])
+        for k, frame in enumerate(held, start=1):
+            placed = interval.at(k)
+            det = _placed(placed, w, h)
+            pad = np.ceil([self.margins(p) for p in placed]).astype(np.int32)
+            yield Planned(frame.item, self.rasterize(det, w, h, pad), None, "carried")
+        held.clear()
 
 
 @dataclass(frozen=True)
-class _Segment:
-    """The carried area of one keyframe interval, placed on each frame by its camera motion."""
+class Placement:
+    """Where a carried instance is on one frame, and what is known about the error of that."""
 
-    in_a: Mask  # a's and b's areas and the swept paths, grown, in a's coordinates
-    b_only: Mask | None  # b's area grown, in b's coordinates (None: camera still)
-    b_to_a: Affine
-    scale: tuple[float, float]
-
-    def at(self, a_to_t: Affine) -> Mask:
-        if a_to_t is IDENTITY and self.b_only is None:
-            return self.in_a
-        mask = self.in_a if a_to_t is IDENTITY else _warp(self.in_a, a_to_t, self.scale)
-        if self.b_only is not None:
-            mask = cv2.bitwise_or(mask, _warp(self.b_only, _compose(a_to_t, self.b_to_a), self.scale))
-        return mask
+    box: npt.NDArray[np.float64]  # x0, y0, x1, y1, full-frame px, before any margin
+    mask: BoolArray | None  # box-shaped; None: the whole box
+    cls: str
+    height: float  # of the instance at its keyframe(s)
+    both: bool  # seen at both keyframes: its path is pinned at both ends
+    frames: int  # to the nearest keyframe that saw it
+    span: int  # frames between the keyframes
+    drift: float  # both: how far its own flow missed the second keyframe's detection (px)
+    resize: float  # both: how much its box changed between the keyframes (px, largest side)
+    unsure: int  # frames its flow was extrapolated
 
 
-def _compose(outer: Affine, inner: Affine) -> Affine:
-    """outer(inner(x)) for 2x3 affine transforms."""
-    m: Affine = np.vstack([outer, [0.0, 0.0, 1.0]]) @ np.vstack([inner, [0.0, 0.0, 1.0]])
-    return m[:2]
+class Interval:
+    """The instances of two neighbouring keyframes, placed on each frame between them.
 
-
-def _scaled(affine: Affine, s: tuple[float, float]) -> Affine:
-    """A small-scale affine transform in full-frame pixels."""
-    sx, sy = s
-    out = affine.copy()
-    out[0, 1] *= sx / sy
-    out[1, 0] *= sy / sx
-    out[0, 2] *= sx
-    out[1, 2] *= sy
-    return out
-
-
-def _warp(mask: Mask, affine: Affine, s: tuple[float, float]) -> Mask:
-    h, w = mask.shape
-    return np.asarray(
-        cv2.warpAffine(mask, _scaled(affine, s), (w, h), flags=cv2.INTER_NEAREST, borderValue=0), np.uint8
-    )
-
-
-def swept_hulls(a: Detections, b: Detections, b_to_a: Affine) -> list[npt.NDArray[np.int32]]:
-    """For each instance of `a` matched in `b`, the convex hull of both boxes (the path between them).
-
-    `b_to_a` maps b's full-frame pixels to a's (camera motion); boxes of b are
-    replaced by the axis-aligned box around their mapped corners.
+    Instances of the first are followed forward by their flow (`Key.tracks`, stepped
+    as frames arrived) and paired with the second keyframe's by where they arrived;
+    those only the second keyframe saw are followed backward over the held frames.
     """
-    hulls: list[npt.NDArray[np.int32]] = []
-    if len(a) == 0 or len(b) == 0:
-        return hulls
-    ab, bb = a.boxes.astype(np.float64), b.boxes.astype(np.float64)
-    if b_to_a is not IDENTITY:
-        corners = np.stack([bb[:, [0, 1]], bb[:, [2, 1]], bb[:, [2, 3]], bb[:, [0, 3]]], axis=1)  # n,4,2
-        mapped = corners @ b_to_a[:, :2].T + b_to_a[:, 2]
-        bb = np.concatenate([mapped.min(axis=1), mapped.max(axis=1)], axis=1)
-    ix0 = np.maximum(ab[:, None, 0], bb[None, :, 0])
-    iy0 = np.maximum(ab[:, None, 1], bb[None, :, 1])
-    ix1 = np.minimum(ab[:, None, 2], bb[None, :, 2])
-    iy1 = np.minimum(ab[:, None, 3], bb[None, :, 3])
-    inter = np.clip(ix1 - ix0, 0, None) * np.clip(iy1 - iy0, 0, None)
-    area_a = (ab[:, 2] - ab[:, 0]) * (ab[:, 3] - ab[:, 1])
-    area_b = (bb[:, 2] - bb[:, 0]) * (bb[:, 3] - bb[:, 1])
-    iou = inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9)
-    ca = (ab[:, :2] + ab[:, 2:]) / 2
-    cb = (bb[:, :2] + bb[:, 2:]) / 2
-    dist = np.linalg.norm(ca[:, None, :] - cb[None, :, :], axis=2)
-    diag = np.hypot(ab[:, 2] - ab[:, 0], ab[:, 3] - ab[:, 1])
-    same = np.array([[ca_ == cb_ for cb_ in b.classes] for ca_ in a.classes], dtype=bool)
-    for i in range(len(a)):
-        # Overlap first; else the nearest box of the class within one box diagonal.
-        score = np.where(same[i], iou[i], -1.0)
-        j = int(score.argmax())
-        if score[j] <= 0:
-            near = np.where(same[i], dist[i], np.inf)
-            j = int(near.argmin())
-            if not near[j] <= diag[i]:
-                continue
-        x0, y0, x1, y1 = ab[i]
-        u0, v0, u1, v1 = bb[j]
-        pts = np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1], [u0, v0], [u1, v0], [u1, v1], [u0, v1]], np.int32)
-        hulls.append(cv2.convexHull(pts))
-    return hulls
+
+    def __init__(self, a: Key, b: Key, held: list[FlowFrame]) -> None:
+        self.a, self.b = a, b
+        self.span = b.index - a.index
+        self.pairs = match(a.tracks, self.span, b.det)
+        # An unsure pair may be two people: each end is also carried on its own.
+        paired_b = {p.found for p in self.pairs if p.sure}
+        paired_a = {p.track for p in self.pairs if p.sure}
+        self.a_only = [a.tracks[i] for i in range(len(a.tracks)) if i not in paired_a]
+        self.back = seed(b.flow, _subset(b.det, [j for j in range(len(b.det)) if j not in paired_b]))
+        later = b.flow
+        for flow in reversed(held):
+            step(self.back, later, flow)
+            later = flow
+
+    def at(self, k: int) -> list[Placement]:
+        """Every instance `k` frames after the first keyframe."""
+        span, det = self.span, self.b.det
+        out = []
+        for pair in self.pairs:
+            t, j = self.a.tracks[pair.track], pair.found
+            box, mask, drift = _between(t, k, span, det, j)
+            b = det.boxes[j].astype(np.float64)
+            resize = float(np.abs((b[2:] - b[:2]) - (t.box[2:] - t.box[:2])).max())
+            frames = min(k, span - k)
+            out.append(Placement(box, mask, t.cls, box[3] - box[1], True, frames, span, drift, resize, t.unsure[k]))
+        for t, steps in [(t, k) for t in self.a_only] + [(t, span - k) for t in self.back]:
+            h = t.box[3] - t.box[1]
+            out.append(Placement(t.at(steps), t.mask, t.cls, h, False, steps, span, 0.0, 0.0, t.unsure[steps]))
+        return out
+
+
+def _subset(det: Detections, keep: list[int]) -> Detections:
+    masks = None if det.masks is None else tuple(det.masks[i] for i in keep)
+    return Detections(det.boxes[keep], det.scores[keep], tuple(det.classes[i] for i in keep), masks, det.frame_size)
+
+
+def _between(
+    track: Track, k: int, span: int, det: Detections, j: int
+) -> tuple[npt.NDArray[np.float64], BoolArray | None, float]:
+    """Where an instance seen at both keyframes is `k` frames after the first (of `span`).
+
+    Its own flow, corrected linearly for how far that flow missed the second keyframe's
+    detection (the miss is returned too); the larger of the two keyframes' sizes (a walking
+    person's box swings between such extremes with each stride, which interpolating would
+    cut through); the union of both keyframes' masks. A box cut by a frame edge is followed
+    by its other edge, the one that moves with the instance.
+    """
+    a, b = track.box, det.boxes[j].astype(np.float64)
+    alpha = k / span
+    here, arrived = track.at(k), track.at(span)
+    size = np.maximum(a[2:] - a[:2], b[2:] - b[:2])
+    limit = np.array(det.frame_size, np.float64)
+    low_cut = (np.minimum(a[:2], b[:2]) <= 0) & (np.maximum(a[2:], b[2:]) < limit)
+    high_cut = (np.maximum(a[2:], b[2:]) >= limit) & (np.minimum(a[:2], b[:2]) > 0)
+    anchor = np.where(low_cut, 1.0, np.where(high_cut, 0.0, 0.5))  # 0 = low edge, 1 = high edge, 0.5 = centre
+    point = here[:2] + anchor * (here[2:] - here[:2])
+    miss = (b[:2] + anchor * (b[2:] - b[:2])) - (arrived[:2] + anchor * (arrived[2:] - arrived[:2]))
+    low = point + alpha * miss - anchor * size
+    if track.mask is None or det.masks is None:
+        return np.concatenate([low, low + size]), None, float(np.hypot(*miss))
+    out = np.zeros((round(size[1]), round(size[0])), np.bool_)
+    for m in (track.mask, det.masks[j]):
+        ox, oy = (anchor * (np.array(out.shape[::-1]) - np.array(m.shape[::-1]))).round().astype(int)
+        out[oy : oy + m.shape[0], ox : ox + m.shape[1]] |= m
+    return np.concatenate([low, low + out.shape[::-1]]), out, float(np.hypot(*miss))
+
+
+def _placed(placed: list[Placement], w: int, h: int) -> Detections:
+    """Instances at float positions, as whole-pixel Detections clipped to the frame (masks cropped to match)."""
+    n = len(placed)
+    if n == 0:
+        return Detections.empty((w, h))
+    xyxy = np.stack([p.box for p in placed])
+    masks = [p.mask for p in placed]
+    classes = tuple(p.cls for p in placed)
+    has_masks = any(m is not None for m in masks)
+    if not has_masks:
+        return Detections(clip_boxes(xyxy, w, h), np.ones(n, np.float32), classes, None, (w, h))
+    out_boxes = np.zeros((n, 4), np.int32)
+    out_masks = []
+    for i, (box, m) in enumerate(zip(xyxy, masks, strict=True)):
+        x0, y0 = round(box[0]), round(box[1])
+        mm = m if m is not None else np.ones((round(box[3] - box[1]), round(box[2] - box[0])), np.bool_)
+        cx0, cy0 = max(0, x0), max(0, y0)
+        cx1, cy1 = min(w, x0 + mm.shape[1]), min(h, y0 + mm.shape[0])
+        if cx1 <= cx0 or cy1 <= cy0:  # carried out of the frame
+            out_masks.append(np.zeros((0, 0), np.bool_))
+            continue
+        out_boxes[i] = (cx0, cy0, cx1, cy1)
+        out_masks.append(np.ascontiguousarray(mm[cy0 - y0 : cy1 - y0, cx0 - x0 : cx1 - x0]))
+    return Detections(out_boxes, np.ones(n, np.float32), classes, tuple(out_masks), (w, h))

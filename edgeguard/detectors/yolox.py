@@ -37,8 +37,6 @@ def _grid(size: int) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
 
 class YoloX(Detector):
     type_key = "yolox"
-    # A nano model's detections flicker between frames; a mirrored look at keyframes costs ~30 ms.
-    mirror_keyframes = True
 
     def _load(self, files: Mapping[str, Path]) -> None:
         cfg, name, target = self.cfg, self.model_name, self.target
@@ -54,14 +52,23 @@ class YoloX(Detector):
         if self.seg is not None:
             dnn_target.apply(self.seg, target)
         self.has_masks = self.seg is not None
-        self.offsets, self.strides = _grid(self.size)
+        self._grids: dict[int, tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]] = {}
+
+    def _input(self, w: int, h: int) -> int:
+        """The square the frame is fitted into: the configured size, but a smaller frame is not
+        scaled up (that invents no detail, only false positives), to a multiple of 32."""
+        return min(self.size, max(32, -(-max(w, h) // 32) * 32))
 
     def _detect(self, image: Image, confidence: float) -> Detections:
         h, w = image.shape[:2]
-        r = min(self.size / w, self.size / h)
+        size = self._input(w, h)
+        if size not in self._grids:
+            self._grids[size] = _grid(size)
+        offsets, strides = self._grids[size]
+        r = min(size / w, size / h, 1.0)
         nw, nh = max(1, round(w * r)), max(1, round(h * r))
-        canvas = np.full((self.size, self.size, 3), 114, np.uint8)
-        canvas[:nh, :nw] = cv2.resize(image[:, :, :3], (nw, nh), interpolation=cv2.INTER_LINEAR)
+        canvas = np.full((size, size, 3), 114, np.uint8)
+        canvas[:nh, :nw] = image[:, :, :3] if r == 1.0 else cv2.resize(image[:, :, :3], (nw, nh))
         self.net.setInput(cv2.dnn.blobFromImage(canvas))
         out = self.net.forward()[0]
         scores_all = out[:, 4:5] * out[:, 5:]
@@ -72,8 +79,8 @@ class YoloX(Detector):
         if len(keep) == 0:
             return Detections.empty((w, h))
         o = out[keep]
-        centre = (o[:, :2] + self.offsets[keep]) * self.strides[keep]
-        half = np.exp(np.clip(o[:, 2:4], -10, 10)) * self.strides[keep] / 2
+        centre = (o[:, :2] + offsets[keep]) * strides[keep]
+        half = np.exp(np.clip(o[:, 2:4], -10, 10)) * strides[keep] / 2
         xyxy = np.concatenate([centre - half, centre + half], axis=1) / r
         cls = self.class_ids[best[keep]]
         xywh = np.concatenate([xyxy[:, :2], xyxy[:, 2:] - xyxy[:, :2]], axis=1)

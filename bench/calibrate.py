@@ -1,0 +1,110 @@
+"""Tracking error, measured: how far the every-frame detector's boxes lie from where carried instances are placed.
+
+For every carried frame (yolox_nano, the default profile), each box the detector
+finds on that frame at detector.confidence is paired with the placed instance it
+overlaps most, and the margin that placement would need to contain it is recorded
+with what the planner knew about that placement (seen at both keyframes or one,
+frames to the keyframe, how far its flow missed the second keyframe, how much its
+box changed, frames of lost flow). `temporal.margin*` are sized from these tables.
+
+    python -m bench.calibrate [--clips ...] [--frames 96] [--set KEY=VALUE ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from bench.paths import CLIPS
+from bench.run import decode, prepare
+from edgeguard.config import load_config
+from edgeguard.detectors import create_detector
+from edgeguard.engine import keyframe_looker
+from edgeguard.protection import rasterize
+from edgeguard.temporal import Interval, Planner
+
+FIELDS = ("need", "height", "both", "frames", "span", "drift", "resize", "unsure")
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    ix = np.clip(np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0, None)
+    iy = np.clip(np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]), 0, None)
+    inter = ix * iy
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    return np.asarray(inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9))
+
+
+def measure(clip: Path, sets: list[str]) -> np.ndarray:
+    """One row per (every-frame box, carried frame): FIELDS."""
+    cfg = load_config(None, ["detector.model=yolox_nano", *sets])
+    det = create_detector(cfg)
+    frames = decode(clip)
+    rows: list[tuple[float, ...]] = []
+
+    def on_interval(interval: Interval, items: list[int]) -> None:
+        for k, item in enumerate(items, start=1):
+            placed = interval.at(k)
+            found = det.detect(frames[item]).boxes.astype(np.float64)
+            if not placed or len(found) == 0:
+                continue
+            boxes = np.stack([p.box for p in placed])
+            o = iou(found, boxes)
+            for f, best in zip(found, o.argmax(axis=1), strict=True):
+                p = placed[best]
+                if iou(f[None], p.box[None])[0, 0] < 0.3:
+                    continue
+                need = max(p.box[0] - f[0], p.box[1] - f[1], f[2] - p.box[2], f[3] - p.box[3], 0.0)
+                rows.append((need, p.height, p.both, p.frames, p.span, p.drift, p.resize, p.unsure))
+
+    planner: Planner[int] = Planner(
+        cfg.temporal,
+        keyframe_looker(det, cfg),
+        lambda d, w, h, pad: rasterize(d, w, h, shape="box", dilate=0, pad=pad),
+    )
+    planner.on_interval = on_interval
+    for _ in planner.run(iter(enumerate(frames))):
+        pass
+    return np.array(rows, np.float64).reshape(-1, len(FIELDS))
+
+
+def table(title: str, rows: np.ndarray, by: np.ndarray, edges: list[float]) -> None:
+    print(f"{title}: margin needed / height (p50 p90 p95 p99), n")
+    for lo, hi in itertools.pairwise(edges):
+        sel = (by >= lo) & (by < hi)
+        if sel.sum() < 5:
+            continue
+        q = np.quantile(rows[sel, 0] / rows[sel, 1], [0.5, 0.9, 0.95, 0.99])
+        print(f"  [{lo:g}, {hi:g}): {q[0]:.3f} {q[1]:.3f} {q[2]:.3f} {q[3]:.3f}  n={int(sel.sum())}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--clips", nargs="+", default=CLIPS)
+    ap.add_argument("--frames", type=int, default=96)
+    ap.add_argument("--set", action="append", default=[], dest="sets")
+    ap.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "edgeguard-bench")
+    args = ap.parse_args(argv)
+    _, models_dir, cut = prepare(args.cache, args.clips, args.frames)
+    os.environ["EDGEGUARD_MODELS_DIR"] = str(models_dir)
+    zero = ["temporal.margin=0", "temporal.margin_scale=0"]
+    rows = np.concatenate([measure(src, [*zero, *args.sets]) for src in cut.values()])
+    both, single = rows[rows[:, 2] == 1], rows[rows[:, 2] == 0]
+    print(f"{len(rows)} boxes on carried frames: {len(both)} on instances seen at both keyframes, {len(single)} at one")
+    table("both, by drift / height", both, both[:, 5] / both[:, 1], [0, 0.02, 0.05, 0.1, 0.2, 0.5, 10])
+    table("both, by resize / height", both, both[:, 6] / both[:, 1], [0, 0.02, 0.05, 0.1, 0.2, 0.5, 10])
+    table("both, by frames to a keyframe", both, both[:, 3], [1, 2, 3, 5, 9, 100])
+    table("both, by unsure frames", both, both[:, 7], [0, 1, 3, 100])
+    table("one keyframe, by frames from it", single, single[:, 3], [1, 2, 3, 5, 9, 17, 100])
+    table("one keyframe, by unsure frames", single, single[:, 7], [0, 1, 3, 100])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

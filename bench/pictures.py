@@ -1,0 +1,71 @@
+"""Before and after, to look at: one frame of a clip as it came in, as the every-frame loop hides it,
+and as a profile hides it (fill style, so what is hidden is plain to see).
+
+    python -m bench.pictures [--clip pedestrians.mp4] [--frames 40 ...] [--set KEY=VALUE ...] [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from bench.run import decode, prepare
+from edgeguard.config import load_config
+from edgeguard.engine import Engine
+
+FILL = ["protect.style=fill", "protect.color=[255,0,255]"]
+
+
+def protected(clip: Path, sets: list[str], out: Path) -> list[np.ndarray]:
+    engine = Engine(load_config(None, ["detector.model=yolox_nano", *FILL, *sets]))
+    engine.protect_file(clip, out)
+    return decode(out)
+
+
+def label(image: np.ndarray, text: str) -> np.ndarray:
+    out = image.copy()
+    cv2.rectangle(out, (0, 0), (out.shape[1], 34), (255, 255, 255), -1)
+    cv2.putText(out, text, (8, 25), cv2.FONT_HERSHEY_SIMPLEX, 0.8, (0, 0, 0), 2, cv2.LINE_AA)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--clip", default="pedestrians.mp4")
+    ap.add_argument("--frames", type=int, nargs="+", default=[40], help="frame indices to show, one row each")
+    ap.add_argument("--set", action="append", default=[], dest="sets", help="the profile (default: the defaults)")
+    ap.add_argument("--old", action="append", default=None, help="also show this profile (KEY=VALUE ...)")
+    ap.add_argument("--width", type=int, default=640, help="width of each picture")
+    ap.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "edgeguard-bench")
+    ap.add_argument("--out", type=Path, default=Path("bench/results/pictures.jpg"))
+    args = ap.parse_args(argv)
+    _, models_dir, cut = prepare(args.cache, [args.clip], 96)
+    os.environ["EDGEGUARD_MODELS_DIR"] = str(models_dir)
+    src = cut[args.clip]
+    work = args.cache / "pictures"
+    work.mkdir(exist_ok=True)
+    original = decode(src)
+    every = protected(src, ["temporal.keyframe_interval=1"], work / "every.mp4")
+    profile = protected(src, args.sets, work / "profile.mp4")
+    columns = [("original", original), ("every frame detected", every), ("default (keyframes, tracked)", profile)]
+    if args.old is not None:
+        columns.insert(2, ("before: " + " ".join(args.old), protected(src, args.old, work / "old.mp4")))
+    rows = []
+    for i in args.frames:
+        pics = [label(frames[i], f"{name}, frame {i}") for name, frames in columns]
+        h = round(original[i].shape[0] * args.width / original[i].shape[1])
+        rows.append(np.concatenate([cv2.resize(p, (args.width, h), interpolation=cv2.INTER_AREA) for p in pics], 1))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(args.out), np.concatenate(rows), [cv2.IMWRITE_JPEG_QUALITY, 82])
+    print(args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
