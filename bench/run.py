@@ -33,6 +33,7 @@ import numpy as np
 
 from bench import extras
 from bench.costed import SeedMaskRCNN, costed, standin_set
+from bench.judge_errors import set_aside
 from bench.judges import Judged, Judges, judge_frames
 from bench.paths import CANDIDATES, CLIPS, IMAGES, REPO, SHARED
 from bench.privacy import Privacy, measure, save_misses
@@ -71,10 +72,11 @@ PROFILES: dict[str, Profile] = {
     # Keyframe levers, each against the default (kept or not by what they measure):
     "input-416": Profile(("detector.input_size=416",), (YOLOX,)),  # yolox_nano's training size
     "mirror": Profile(("temporal.keyframe_mirror=always",), (YOLOX,)),  # and the mirrored frame
-    "head-10": Profile(("protect.head_margin=0.1",), (YOLOX,)),  # 10% above every person
+    "no-head": Profile(("protect.head_margin=0",), (YOLOX,)),  # nothing above a person's box
     "with-faces": Profile(("detector.classes=[person,face]",), (YOLOX,)),  # YuNet faces on keyframes too
     "kf-0.3": Profile(("temporal.keyframe_confidence=0.3",), (YOLOX,)),  # keyframes at a higher floor
-    "margins-x2": Profile(("temporal.margin_scale=1.0",), (YOLOX,)),  # twice the carried margins
+    "margins-x0.5": Profile(("temporal.margin_scale=0.5",), (YOLOX,)),  # half the carried margins
+    "margins-x2": Profile(("temporal.margin_scale=2.0",), (YOLOX,)),  # twice the carried margins
     # Face mode: YuNet faces only, against its own every-frame loop.
     "faces-every-frame": Profile(("detector.classes=[face]", "temporal.keyframe_interval=1"), (YOLOX,), "self"),
     "faces": Profile(("detector.classes=[face]",), (YOLOX,), "faces-every-frame"),
@@ -343,12 +345,14 @@ def main(argv: list[str] | None = None) -> int:
     (args.cache / "judges").mkdir(exist_ok=True)
 
     rows: list[dict[str, object]] = []
+    set_aside_lines: list[str] = []
     mr_seed_det = costed(mr_seed_cfg, yolox_seed_cfg, SeedMaskRCNN) if mr_seed_cfg is not None else None
     for clip, src in ({} if args.extras_only else cut).items():
         frames = decode(src)
         shape = frames[0].shape[:2]
         print(f"== {clip} ({shape[1]}x{shape[0]}, {len(frames)} frames)", flush=True)
-        judged = judge_frames(judges, frames, args.cache / "judges" / f"{src.stem}.npz")
+        judged, aside = set_aside(clip, judge_frames(judges, frames, args.cache / "judges" / f"{src.stem}.npz"))
+        set_aside_lines.extend(_aside(clip, aside))
         stem = Path(clip).stem
 
         def privacy(run: Run, ref: Run, label: str, stem: str = stem) -> Privacy:
@@ -382,13 +386,15 @@ def main(argv: list[str] | None = None) -> int:
                 ratio = (run.frames / run.seconds) / (mr_seed.frames / mr_seed.seconds)
                 print(f"   mask_rcnn {name}: {run.frames / run.seconds:.2f} fps ({ratio:.1f}x)", flush=True)
 
-    photo_rows = photos(args.images, args.cache, judges, yolox_seed_det, yolox_seed_cfg, yolox_engines, misses)
+    photo_rows = photos(
+        args.images, args.cache, judges, yolox_seed_det, yolox_seed_cfg, yolox_engines, misses, set_aside_lines
+    )
     more = None
     if not args.no_extras:
         more = extras.measure_all(
             models_dir, args.cache, cut[args.clips[-1]], yolox_engines["default"], mr_engines.get("default"), standin
         )
-    report = render(rows, photo_rows, args, more)
+    report = render(rows, photo_rows, args, [*set_aside_lines, *(more or [])])
     print(report)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(report, encoding="utf-8")
@@ -411,6 +417,7 @@ def photos(
     seed_cfg: Config,
     yolox_engines: dict[str, Engine],
     misses: Path,
+    set_aside_lines: list[str],
 ) -> list[dict[str, object]]:
     """Each profile on each photo: recall against the judges, overreach against one plain detection."""
     rows: list[dict[str, object]] = []
@@ -419,7 +426,8 @@ def photos(
         path = SHARED / "media" / name
         image = image_io.read_image(path, max_pixels=1 << 28)
         shape = image.shape[:2]
-        judged = judge_frames(judges, [image], cache / "judges" / f"photo-{path.stem}.npz")
+        judged, aside = set_aside(name, judge_frames(judges, [image], cache / "judges" / f"photo-{path.stem}.npz"))
+        set_aside_lines.extend(_aside(name, aside))
         h, w = shape
         c = seed_cfg.protect
         plain = rasterize(seed_det.detect(image), w, h, shape="box", dilate=c.dilate, head=c.head_margin)
@@ -433,6 +441,17 @@ def photos(
             save_misses(p.misses, [image], run.masks, misses / f"{model}-{profile}" / path.stem)
             rows.append({"model": model, "profile": profile, "photo": name, **_privacy(p)})
     return rows
+
+
+def _aside(media: str, aside: list[tuple[int, str, str]]) -> list[str]:
+    """One line per judge error set aside in `media`."""
+    counts: dict[tuple[str, str], list[int]] = {}
+    for frame, kind, what in aside:
+        counts.setdefault((kind, what), []).append(frame)
+    return [
+        f"Judge error set aside in {media}: {kind} judge, {what}, on {len(fr)} frames ({min(fr)}-{max(fr)})."
+        for (kind, what), fr in counts.items()
+    ]
 
 
 def _privacy(p: Privacy | None) -> dict[str, object]:
@@ -537,7 +556,7 @@ def render(
                 f"{_recall(r, 'person')} | {_recall(r, 'centerface')} | {_recall(r, 'yunet')} |"
             )
     if more:
-        lines += ["", *more]
+        lines += [""] + [f"- {m}" if m.startswith("Judge error") else m for m in more]
     return "\n".join(lines) + "\n"
 
 

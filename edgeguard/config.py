@@ -73,7 +73,7 @@ class ProtectConfig(Section):
     dilate: Annotated[int, Field(ge=0, le=256)] = 8
     # Persons are also hidden this share of their height above their box: detectors often cut
     # a box at the forehead, leaving a face above it.
-    head_margin: Annotated[float, Field(ge=0, le=1)] = 0.0
+    head_margin: Annotated[float, Field(ge=0, le=1)] = 0.15
 
     @field_validator("blur_kernel")
     @classmethod

@@ -84,10 +84,11 @@ def default_output(src: Path, out_dir: Path) -> Path:
 def keyframe_looker(detector: Detector, cfg: Config) -> Callable[[Image, bool], Detections]:
     """Detection as the planner asks for it: `(frame, stands_in)`.
 
-    A keyframe whose areas are carried to the frames around it looks harder than
-    a lone frame, since a person there may score higher than here: it keeps
-    detections down to temporal.keyframe_confidence and, for models whose
-    detections flicker (temporal.keyframe_mirror), also looks at the mirrored frame.
+    A keyframe whose instances are carried to the frames around it (and a photo,
+    which nothing else will look at) looks harder than a frame of the every-frame
+    loop: it keeps detections down to temporal.keyframe_confidence, since a person
+    scoring low here may score higher a frame later, and with
+    temporal.keyframe_mirror it also looks at the mirrored frame.
     """
     t = cfg.temporal
     mirror = t.keyframe_mirror == "always" or (t.keyframe_mirror == "auto" and detector.mirror_keyframes)
@@ -158,7 +159,8 @@ class Engine:
 
     def _image(self, src: Path, tmp: Path, suffix: str, observe: Observer | None) -> tuple[int, int]:
         img = image_io.read_image(src, max_pixels=self.cfg.media.max_pixels)
-        det = self._detect(img, src)
+        # A photo is a keyframe nothing else will look at: it looks as hard as one.
+        det = self._detect(img, src, stands_in=True)
         mask = self._rasterize(det, img.shape[1], img.shape[0])
         if observe is not None:
             observe(mask, det)

@@ -33,7 +33,7 @@ def rasterize(
     use_masks = shape == "mask" and det.masks is not None
     pads = np.zeros(len(det), np.int32) if pad is None else pad
     if head > 0:
-        det = _with_heads(det, head)
+        det, pads = _with_heads(det, head, pads)
     if not use_masks:
         # A box grown by a square dilation is the box made larger: no dilation needed.
         for (x0, y0, x1, y1), p in zip(det.boxes.tolist(), (pads + max(0, dilate)).tolist(), strict=True):
@@ -56,21 +56,36 @@ def rasterize(
     return grow(mask, dilate)
 
 
-def _with_heads(det: Detections, head: float) -> Detections:
-    """Persons extended upward by `head` x their height (the strip above a mask is box-wide)."""
-    boxes = det.boxes.copy()
-    masks = list(det.masks) if det.masks is not None else None
+HEAD_WIDTH = 0.6  # of the person's box, centred: where a head above it can be
+
+
+def _with_heads(det: Detections, head: float, pads: npt.NDArray[np.int32]) -> tuple[Detections, npt.NDArray[np.int32]]:
+    """A box `head` x its height tall above every person (its middle HEAD_WIDTH), with the person's pad."""
+    extra, extra_pads = [], []
     for i, cls in enumerate(det.classes):
         if cls != "person":
             continue
-        x0, y0, x1, y1 = boxes[i].tolist()
+        x0, y0, x1, y1 = det.boxes[i].tolist()
         top = max(0, y0 - int(np.ceil(head * (y1 - y0))))
-        if top == y0:
-            continue
-        boxes[i, 1] = top
-        if masks is not None:
-            masks[i] = np.concatenate([np.ones((y0 - top, x1 - x0), np.bool_), masks[i]])
-    return Detections(boxes, det.scores, det.classes, None if masks is None else tuple(masks), det.frame_size)
+        half = HEAD_WIDTH * (x1 - x0) / 2
+        cx = (x0 + x1) / 2
+        if top < y0:
+            extra.append([int(np.floor(cx - half)), top, int(np.ceil(cx + half)), y0])
+            extra_pads.append(pads[i])
+    if not extra:
+        return det, pads
+    boxes = np.array(extra, np.int32)
+    masks = None
+    if det.masks is not None:
+        masks = det.masks + tuple(np.ones((b[3] - b[1], b[2] - b[0]), np.bool_) for b in boxes)
+    heads = Detections(
+        np.concatenate([det.boxes, boxes]),
+        np.concatenate([det.scores, np.ones(len(boxes), np.float32)]),
+        det.classes + ("head",) * len(boxes),
+        masks,
+        det.frame_size,
+    )
+    return heads, np.concatenate([pads, np.array(extra_pads, np.int32)])
 
 
 def grow(mask: Mask, pixels: int) -> Mask:

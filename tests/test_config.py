@@ -206,6 +206,14 @@ def test_load_config_raises_config_error_with_problems() -> None:
     assert info.value.exit_code == 2
 
 
+def test_a_retired_key_says_what_replaced_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = tmp_path / "old.yaml"
+    cfg.write_text("temporal:\n  grow: 40\n", encoding="utf-8")
+    code, _, err = cli(capsys, "check-config", "-c", str(cfg))
+    assert code == 2
+    assert f"{cfg}:1: temporal: 'grow' was retired" in err and "margin_scale" in err
+
+
 def test_config_is_frozen() -> None:
     cfg = Config()
     with pytest.raises(ValueError, match="frozen"):

@@ -167,3 +167,38 @@ def test_fill_keeps_alpha_of_bgra_frames() -> None:
     out = hide(img.copy(), mask, ProtectConfig(style="fill", color=(255, 0, 255)))
     assert (out[5:15, 5:15, :3] == (255, 0, 255)).all()
     assert (out[:, :, 3] == 77).all()
+
+
+def test_each_instance_grows_by_its_own_pad() -> None:
+    """Carried instances: the global dilation plus each one's margin, boxes and masks alike."""
+    w, h = 200, 120
+    det = box_detections([(20, 30, 40, 80), (120, 30, 140, 80)], w, h)
+    mask = rasterize(det, w, h, shape="box", dilate=2, pad=np.array([0, 5], np.int32))
+    assert reach_of(mask[:, :100]) == (18, 28, 42, 82)
+    assert reach_of(mask[:, 100:], dx=100) == (113, 23, 147, 87)
+    masks = (np.ones((50, 20), np.bool_), np.ones((50, 20), np.bool_))
+    det_m = Detections(det.boxes, det.scores, det.classes, masks, (w, h))
+    mask_m = rasterize(det_m, w, h, shape="mask", dilate=2, pad=np.array([0, 5], np.int32))
+    assert (mask_m == mask).all(), "a full mask grows exactly like its box"
+
+
+def test_a_head_strip_above_every_person_only() -> None:
+    w, h = 200, 200
+    det = Detections(
+        np.array([[50, 100, 100, 200], [150, 100, 190, 200]], np.int32),
+        np.ones(2, np.float32),
+        ("person", "car"),
+        None,
+        (w, h),
+    )
+    mask = rasterize(det, w, h, shape="box", dilate=0, head=0.2)
+    # 20 px above the person, over the middle 60% of its width; nothing above the car.
+    assert (mask[80:100, 60:90] == 255).all()
+    assert not mask[80:100, 50:59].any() and not mask[80:100, 91:100].any()
+    assert not mask[:80].any()
+    assert not mask[:100, 150:].any()
+
+
+def reach_of(mask: Image, dx: int = 0) -> tuple[int, int, int, int]:
+    ys, xs = np.nonzero(mask)
+    return int(xs.min()) + dx, int(ys.min()), int(xs.max()) + 1 + dx, int(ys.max()) + 1
