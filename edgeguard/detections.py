@@ -46,6 +46,13 @@ class Detections:
     def empty(cls, frame_size: tuple[int, int]) -> Detections:
         return cls(np.zeros((0, 4), np.int32), np.zeros((0,), np.float32), (), None, frame_size)
 
+    def subset(self, keep: list[int]) -> Detections:
+        """The instances at `keep`, in that order."""
+        masks = None if self.masks is None else tuple(self.masks[i] for i in keep)
+        return Detections(
+            self.boxes[keep], self.scores[keep], tuple(self.classes[i] for i in keep), masks, self.frame_size
+        )
+
     def mirrored(self) -> Detections:
         """The same instances in the left-right mirrored frame."""
         w = self.frame_size[0]

@@ -25,14 +25,15 @@ from edgeguard.errors import Cancelled, EdgeguardError, FileError, InputError
 from edgeguard.media import image as image_io
 from edgeguard.media import media_kind
 from edgeguard.media import video as video_io
-from edgeguard.protection import Mask, hide, rasterize
+from edgeguard.protection import Mask, as_heads, hide, rasterize
 from edgeguard.stages import Consumer, Producer
 from edgeguard.temporal import Image, Pads, Planned, Planner
 
 log = logging.getLogger(__name__)
 
 Progress = Callable[[int, int | None], None]
-Observer = Callable[[Mask, "Detections | None"], None]  # each frame's mask (and keyframe detections), in order
+# Each frame's mask and, on keyframes, the instances as hidden; in order.
+Observer = Callable[[Mask, "Detections | None"], None]
 QUEUE_FRAMES = 8  # frames in flight between two stages: memory stays flat
 
 
@@ -163,7 +164,7 @@ class Engine:
         det = self._detect(img, src, stands_in=True)
         mask = self._rasterize(det, img.shape[1], img.shape[0])
         if observe is not None:
-            observe(mask, det)
+            observe(mask, self._hidden(det))
         hide(img, mask, self.cfg.protect)
         found = len(det)
         image_io.write_image(tmp, img, fmt=suffix.lower().lstrip("."), quality=self.cfg.media.image_quality)
@@ -206,7 +207,7 @@ class Engine:
                 def encode(p: Planned[video_io.Frame]) -> None:
                     nonlocal written
                     if observe is not None:
-                        observe(p.mask, p.det)
+                        observe(p.mask, None if p.det is None else self._hidden(p.det))
                     t0 = time.perf_counter()
                     hide(p.item.image, p.mask, self.cfg.protect)
                     stats.protection += time.perf_counter() - t0
@@ -243,7 +244,20 @@ class Engine:
     def _rasterize(self, det: Detections, width: int, height: int, pad: Pads | None = None) -> Mask:
         c = self.cfg.protect
         shape = c.shape if self.detector.has_masks else "box"
-        return rasterize(det, width, height, shape=shape, dilate=c.dilate, pad=pad, head=c.head_margin)
+        return rasterize(
+            det,
+            width,
+            height,
+            shape=shape,
+            dilate=c.dilate,
+            pad=pad,
+            head=c.head_margin,
+            heads_only=self.detector.heads,
+        )
+
+    def _hidden(self, det: Detections) -> Detections:
+        """The instances as they are hidden (in face mode: persons by their heads)."""
+        return as_heads(det) if self.detector.heads else det
 
     def _detect(self, img: Image, src: Path, stands_in: bool = False) -> Detections:
         try:

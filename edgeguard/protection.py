@@ -7,7 +7,7 @@ import numpy as np
 import numpy.typing as npt
 
 from edgeguard.config import ProtectConfig
-from edgeguard.detections import Detections
+from edgeguard.detections import Detections, clip_boxes
 
 Mask = npt.NDArray[np.uint8]  # HxW, 255 = hide
 Image = npt.NDArray[np.uint8]
@@ -22,17 +22,21 @@ def rasterize(
     dilate: int,
     pad: npt.NDArray[np.int32] | None = None,
     head: float = 0.0,
+    heads_only: bool = False,
 ) -> Mask:
     """The pixels to hide: instance masks (or boxes), grown by `dilate` pixels, and each
     instance by its own `pad` too (carried instances: how far they may be from where they are placed).
 
     `head` extends every person upward by that share of its height: detectors often cut
     a person's box at the forehead, or lose the head against a busy background.
+    `heads_only` (face mode) hides just the head of every person.
     """
     mask = np.zeros((height, width), np.uint8)
-    use_masks = shape == "mask" and det.masks is not None
     pads = np.zeros(len(det), np.int32) if pad is None else pad
-    if head > 0:
+    if heads_only:
+        det = as_heads(det)
+    use_masks = shape == "mask" and det.masks is not None
+    if head > 0 and not heads_only:
         det, pads = _with_heads(det, head, pads)
     if not use_masks:
         # A box grown by a square dilation is the box made larger: no dilation needed.
@@ -57,6 +61,32 @@ def rasterize(
 
 
 HEAD_WIDTH = 0.6  # of the person's box, centred: where a head above it can be
+# Face mode: a person's head, as shares of its box: the middle FACE_WIDTH of its width, from
+# FACE_ABOVE of its height above the top (a box cut at the forehead) to FACE_BELOW below it.
+FACE_WIDTH, FACE_ABOVE, FACE_BELOW = 0.5, 0.05, 0.18
+
+
+def as_heads(det: Detections) -> Detections:
+    """Every person replaced by its head's box (face mode); other instances as they are."""
+    persons = [i for i, c in enumerate(det.classes) if c == "person"]
+    if not persons:
+        return det
+    w, h = det.frame_size
+    b = det.boxes[persons].astype(np.float64)
+    bw, bh, cx = b[:, 2] - b[:, 0], b[:, 3] - b[:, 1], (b[:, 0] + b[:, 2]) / 2
+    heads = np.stack(
+        [cx - FACE_WIDTH * bw / 2, b[:, 1] - FACE_ABOVE * bh, cx + FACE_WIDTH * bw / 2, b[:, 1] + FACE_BELOW * bh], 1
+    )
+    boxes = det.boxes.copy()
+    boxes[persons] = clip_boxes(heads, w, h)
+    masks = None
+    if det.masks is not None:
+        full = {
+            i: np.ones((y1 - y0, x1 - x0), np.bool_)
+            for i, (x0, y0, x1, y1) in zip(persons, boxes[persons].tolist(), strict=True)
+        }
+        masks = tuple(full.get(i, m) for i, m in enumerate(det.masks))
+    return Detections(boxes, det.scores, det.classes, masks, det.frame_size)
 
 
 def _with_heads(det: Detections, head: float, pads: npt.NDArray[np.int32]) -> tuple[Detections, npt.NDArray[np.int32]]:

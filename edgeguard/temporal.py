@@ -373,7 +373,7 @@ class Interval:
         paired_b = {p.found for p in self.pairs if p.sure}
         paired_a = {p.track for p in self.pairs if p.sure}
         self.a_only = [a.tracks[i] for i in range(len(a.tracks)) if i not in paired_a]
-        self.back = seed(b.flow, _subset(b.det, [j for j in range(len(b.det)) if j not in paired_b]))
+        self.back = seed(b.flow, b.det.subset([j for j in range(len(b.det)) if j not in paired_b]))
         later = b.flow
         for flow in reversed(held):
             step(self.back, later, flow)
@@ -394,11 +394,6 @@ class Interval:
             h = t.box[3] - t.box[1]
             out.append(Placement(t.at(steps), t.mask, t.cls, h, False, steps, span, 0.0, 0.0, t.unsure[steps]))
         return out
-
-
-def _subset(det: Detections, keep: list[int]) -> Detections:
-    masks = None if det.masks is None else tuple(det.masks[i] for i in keep)
-    return Detections(det.boxes[keep], det.scores[keep], tuple(det.classes[i] for i in keep), masks, det.frame_size)
 
 
 def _between(

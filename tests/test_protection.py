@@ -202,3 +202,23 @@ def test_a_head_strip_above_every_person_only() -> None:
 def reach_of(mask: Image, dx: int = 0) -> tuple[int, int, int, int]:
     ys, xs = np.nonzero(mask)
     return int(xs.min()) + dx, int(ys.min()), int(xs.max()) + 1 + dx, int(ys.max()) + 1
+
+
+def test_face_mode_hides_only_the_head_of_every_person() -> None:
+    w, h = 200, 300
+    det = Detections(
+        np.array([[40, 100, 120, 300], [150, 20, 190, 60]], np.int32),
+        np.ones(2, np.float32),
+        ("person", "face"),
+        None,
+        (w, h),
+    )
+    mask = rasterize(det, w, h, shape="box", dilate=0, heads_only=True)
+    # The person (80 x 200): its middle half, from 10 px above its top to 36 px below.
+    assert (mask[90:136, 60:100] == 255).all()
+    assert not mask[136:].any() and not mask[:, :60].any() and not mask[:90, :140].any()
+    # The face as it is.
+    assert (mask[20:60, 150:190] == 255).all()
+    masks = (np.ones((200, 80), np.bool_), np.ones((40, 40), np.bool_))
+    with_masks = Detections(det.boxes, det.scores, det.classes, masks, (w, h))
+    assert (rasterize(with_masks, w, h, shape="mask", dilate=0, heads_only=True) == mask).all()

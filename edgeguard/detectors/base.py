@@ -31,6 +31,7 @@ COCO_ALIASES = {
     "tvmonitor": "tv",
 }
 FACE = "face"
+PERSON = "person"
 
 
 def read_labels(path: Path) -> list[str]:
@@ -71,6 +72,8 @@ class Detector(ABC):
         self.labels = read_labels(files["labels"])
         self.faces: FaceDetector | None = None
         wanted = set(cfg.classes)
+        # Face mode: persons are found too, followed between keyframes, and their heads hidden.
+        self.heads = FACE in wanted and cfg.heads and PERSON in self.labels and PERSON not in wanted
         if FACE in wanted:
             if "faces" not in files:
                 raise ConfigError([f"detector.classes: {FACE!r} needs a face model, which {name} does not provide"])
@@ -79,6 +82,8 @@ class Detector(ABC):
         unknown = sorted(wanted - set(self.labels))
         if unknown:
             raise ConfigError([f"detector.classes: {', '.join(map(repr, unknown))} not a class of {name}"])
+        if self.heads:
+            wanted.add(PERSON)
         self.class_ids = np.array([i for i, c in enumerate(self.labels) if c in wanted], np.int64)
         self._load(files)
 

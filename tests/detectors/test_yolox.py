@@ -117,7 +117,7 @@ def test_higher_confidence_finds_fewer(make: Callable[..., Detector]) -> None:
 
 def test_faces_come_from_yunet_as_the_class_face(make: Callable[..., Detector]) -> None:
     image = photo("000000005001.jpg")  # a crowd facing the camera
-    faces = make("detector.classes=[face]").detect(image)
+    faces = make("detector.classes=[face]", "detector.heads=false").detect(image)
     people = make().detect(image)
     both = make("detector.classes=[person, face]").detect(image)
     check_valid(faces, image)
@@ -134,6 +134,20 @@ def test_faces_come_from_yunet_as_the_class_face(make: Callable[..., Detector]) 
         )
         inside += best / area > 0.5
     assert inside >= len(faces) / 2
+
+
+def test_face_mode_also_finds_the_persons_whose_heads_it_hides(make: Callable[..., Detector]) -> None:
+    """Faces turned away or too small for YuNet: face mode finds persons too (their heads are hidden)."""
+    image = photo("000000005001.jpg")
+    faces_only = make("detector.classes=[face]", "detector.heads=false")
+    with_heads = make("detector.classes=[face]")
+    assert not faces_only.heads and with_heads.heads
+    found = with_heads.detect(image)
+    persons = [c for c in found.classes if c == "person"]
+    assert len(persons) == len(make().detect(image)) and len(persons) >= 5
+    assert found.classes.count("face") == len(faces_only.detect(image))
+    # Asking for persons as well hides them whole: no heads-only rendering then.
+    assert not make("detector.classes=[person, face]").heads
 
 
 def test_unknown_class_is_named(make: Callable[..., Detector]) -> None:
