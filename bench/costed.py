@@ -61,6 +61,7 @@ class CostedDetector(Detector):
         self.score_floor = cost.score_floor
         self.has_masks = False  # yolox gives boxes
         self.mirror_keyframes = cost.mirror_keyframes
+        self.heads = cost.heads
 
     @property  # type: ignore[override]
     def want_masks(self) -> bool:

@@ -74,10 +74,12 @@ def _with(j: Judged, kind: str, boxes: Boxes) -> Judged:
     return replace(j, centerface=boxes) if kind == "centerface" else replace(j, yunet=boxes)
 
 
-def set_aside(media: str, judged: list[Judged]) -> tuple[list[Judged], list[tuple[int, str, str]]]:
-    """`judged` without the known judge errors, and what was set aside: (frame, kind, what)."""
+def set_aside(
+    media: str, judged: list[Judged], errors: Sequence[JudgeError] = ERRORS
+) -> tuple[list[Judged], list[tuple[int, str, str]]]:
+    """`judged` without the known judge `errors`, and what was set aside: (frame, kind, what)."""
     found: dict[tuple[int, str], dict[int, str]] = {}  # (frame, kind) -> box index -> what
-    for e in (e for e in ERRORS if e.media == media and e.frame < len(judged)):
+    for e in (e for e in errors if e.media == media and e.frame < len(judged)):
         for f, i in _chain(judged, e).items():
             found.setdefault((f, e.kind), {})[i] = e.what
     out = list(judged)

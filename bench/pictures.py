@@ -1,7 +1,8 @@
 """Before and after, to look at: one frame of a clip as it came in, as the every-frame loop hides it,
 and as a profile hides it (fill style, so what is hidden is plain to see).
 
-    python -m bench.pictures [--clip pedestrians.mp4] [--frames 40 ...] [--set KEY=VALUE ...] [--out FILE]
+    python -m bench.pictures [--clip pedestrians.mp4] [--frames 40 ...] [--set KEY=VALUE ...]
+                             [--before OTHER.mp4] [--out FILE]
 """
 
 from __future__ import annotations
@@ -40,7 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--clip", default="pedestrians.mp4")
     ap.add_argument("--frames", type=int, nargs="+", default=[40], help="frame indices to show, one row each")
     ap.add_argument("--set", action="append", default=[], dest="sets", help="the profile (default: the defaults)")
-    ap.add_argument("--old", action="append", default=None, help="also show this profile (KEY=VALUE ...)")
+    ap.add_argument(
+        "--before", type=Path, help="also show this output of the same cut clip (e.g. made by an earlier version)"
+    )
     ap.add_argument("--width", type=int, default=640, help="width of each picture")
     ap.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "edgeguard-bench")
     ap.add_argument("--out", type=Path, default=Path("bench/results/pictures.jpg"))
@@ -53,9 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     original = decode(src)
     every = protected(src, ["temporal.keyframe_interval=1"], work / "every.mp4")
     profile = protected(src, args.sets, work / "profile.mp4")
-    columns = [("original", original), ("every frame detected", every), ("default (keyframes, tracked)", profile)]
-    if args.old is not None:
-        columns.insert(2, ("before: " + " ".join(args.old), protected(src, args.old, work / "old.mp4")))
+    columns = [("original", original), ("every frame detected", every), ("now: the default", profile)]
+    if args.before is not None:
+        columns.insert(2, ("before: the previous default", decode(args.before)))
     rows = []
     for i in args.frames:
         pics = [label(frames[i], f"{name}, frame {i}") for name, frames in columns]

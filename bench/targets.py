@@ -17,7 +17,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench.run import SHARED, prepare, standin_set
+from bench.costed import standin_set
+from bench.paths import SHARED
+from bench.run import prepare
 
 TARGETS = ["cpu", "opencl", "opencl_fp16", "cuda", "cuda_fp16"]
 OPENCL_ENV = {"OPENCV_OPENCL_DEVICE": ":CPU:", "OPENCV_DNN_OPENCL_ALLOW_ALL_DEVICES": "1"}

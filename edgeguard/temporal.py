@@ -49,6 +49,9 @@ MOTION_WIDTH = 320  # the motion check works on a small grey copy of the frame
 MIN_TRACKS = 12  # fewer tracked background corners than this: camera motion is unknown
 STILL = 0.25  # small-scale pixels: a camera that moved less than this is treated as still
 NEW_SCENERY = 40  # full-frame px: a wider strip of newly revealed scenery counts as change
+# Frames held when the stream ends: up to this many are carried by their instances' own flow
+# (the motion check watched them as usual) instead of making the last one a keyframe.
+TAIL = 4
 Affine = npt.NDArray[np.float64]  # 2x3, keyframe (small scale) -> frame (small scale)
 _OPEN = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (3, 3))
 IDENTITY: Affine = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
@@ -170,15 +173,17 @@ class Planner(Generic[T]):
     def _key(self, index: int, image: Image, small: npt.NDArray[np.uint8], flow: FlowFrame) -> Key:
         h, w = image.shape[:2]
         t0 = time.perf_counter()
-        # A keyframe whose areas stand in for carried frames looks harder (the detector callback
-        # decides how); every frame its own keyframe (interval 1) need not.
-        det = self.detect(image, self.cfg.keyframe_interval > 1)
+        # Its instances stand in for the carried frames around it: it looks harder (the detector
+        # callback decides how). The every-frame loop does not (`_every_frame`).
+        det = self.detect(image, True)
         self._detect_time += time.perf_counter() - t0
         mask = self.rasterize(det, w, h, None)
         self.keyframes += 1
         ghost = np.zeros_like(small)
         self._paint_small(ghost, det.boxes.astype(np.float64), 0, [0] * len(det), w)
-        # Follow the camera with corners on the background only: people move on their own.
+        # Follow the camera with corners on the background only: people move on their own. Many
+        # weak corners: a plain floor seen from above (example_02) has few strong ones, and too few
+        # agreeing corners would make every frame a keyframe ("camera").
         corners = cv2.goodFeaturesToTrack(small, 400, 0.002, 4, mask=cv2.bitwise_not(ghost))
         return Key(index, det, mask, small, ghost, corners, flow, seed(flow, det))
 
@@ -320,14 +325,17 @@ class Planner(Generic[T]):
             yield Planned(item, key.mask, key.det, reason)
             prev, last = key, None
         if held and last is not None and prev is not None:
-            # The stream ended between keyframes: the last frame becomes one.
             index, item, image, small, flow = last
+            if len(held) <= TAIL:
+                yield from self._flush(prev, None, held, image.shape[1], image.shape[0])
+                return
+            # The stream ended long after the last keyframe: the last frame becomes one.
             held.pop()
             key = self._key(index, image, small, flow)
             yield from self._flush(prev, key, held, image.shape[1], image.shape[0])
             yield Planned(item, key.mask, key.det, "last")
 
-    def _flush(self, a: Key, b: Key, held: list[_Held[T]], w: int, h: int) -> Iterator[Planned[T]]:
+    def _flush(self, a: Key, b: Key | None, held: list[_Held[T]], w: int, h: int) -> Iterator[Planned[T]]:
         if not held:
             return
         interval = Interval(a, b, [frame.flow for frame in held])
@@ -363,11 +371,17 @@ class Interval:
     Instances of the first are followed forward by their flow (`Key.tracks`, stepped
     as frames arrived) and paired with the second keyframe's by where they arrived;
     those only the second keyframe saw are followed backward over the held frames.
+    Without a second keyframe (the end of a stream) the first's are followed forward.
     """
 
-    def __init__(self, a: Key, b: Key, held: list[FlowFrame]) -> None:
-        self.a, self.b = a, b
+    def __init__(self, a: Key, b: Key | None, held: list[FlowFrame]) -> None:
+        self.a = a
+        if b is None:
+            self.span, self.pairs, self.a_only, self.back = len(held) + 1, [], list(a.tracks), []
+            self.found = Detections.empty(a.det.frame_size)
+            return
         self.span = b.index - a.index
+        self.found = b.det
         self.pairs = match(a.tracks, self.span, b.det)
         # An unsure pair may be two people: each end is also carried on its own.
         paired_b = {p.found for p in self.pairs if p.sure}
@@ -381,7 +395,7 @@ class Interval:
 
     def at(self, k: int) -> list[Placement]:
         """Every instance `k` frames after the first keyframe."""
-        span, det = self.span, self.b.det
+        span, det = self.span, self.found
         out = []
         for pair in self.pairs:
             t, j = self.a.tracks[pair.track], pair.found
