@@ -108,8 +108,9 @@ class TemporalConfig(Section):
     # Share of the frame that may change unexplained before a fresh detection.
     motion_min_area: Annotated[float, Field(ge=0, le=1)] = 0.002
     # Pixels added around every carried instance, on top of its measured margin (a share of its
-    # height that grows with the distance to the keyframes that saw it; see temporal.Margins).
-    margin: Annotated[float, Field(ge=0, le=512)] = 1.0
+    # height that grows with the distance to the keyframes that saw it, rounded up to whole
+    # pixels; see temporal.Margins).
+    margin: Annotated[float, Field(ge=0, le=512)] = 0.0
     # Multiplies the measured margins: below 1 hides less around carried instances and
     # leaves more of them uncovered (measure with `make bench`).
     margin_scale: Annotated[float, Field(ge=0, le=10)] = 1.0
