@@ -23,11 +23,12 @@ import numpy as np
 
 from bench.paths import CLIPS
 from bench.run import decode, prepare
+from edgeguard.carry import Interval
 from edgeguard.config import load_config
 from edgeguard.detectors import create_detector
 from edgeguard.engine import keyframe_looker
 from edgeguard.protection import rasterize
-from edgeguard.temporal import Interval, Planner
+from edgeguard.temporal import Planner
 
 FIELDS = ("need", "height", "both", "frames", "span", "drift", "resize", "unsure")
 

@@ -103,13 +103,13 @@ class TemporalConfig(Section):
     keyframe_interval: Annotated[int, Field(ge=1, le=300)] = 16
     # Force a fresh detection when something changes that the tracked instances do not explain.
     motion_check: bool = True
-    # Grey-level change (0..255) that counts as motion.
+    # Grey-level change (1..255) that counts as motion.
     motion_threshold: Annotated[int, Field(ge=1, le=255)] = 25
     # Share of the frame that may change unexplained before a fresh detection.
     motion_min_area: Annotated[float, Field(ge=0, le=1)] = 0.002
     # Pixels added around every carried instance, on top of its measured margin (a share of its
     # height that grows with the distance to the keyframes that saw it, rounded up to whole
-    # pixels; see temporal.Margins).
+    # pixels; see carry.Margins).
     margin: Annotated[float, Field(ge=0, le=512)] = 0.0
     # Multiplies the measured margins: below 1 hides less around carried instances and
     # leaves more of them uncovered (measure with `make bench`).
@@ -120,8 +120,8 @@ class TemporalConfig(Section):
     # Keyframes look harder: they keep detections down to this score (never above
     # detector.confidence), since their instances stand in for the frames around them.
     keyframe_confidence: Annotated[float, Field(ge=0, le=1)] = 0.15
-    # Keyframes also look at the mirrored frame: always | never | auto (for models that flicker
-    # between frames and are cheap, like yolox_nano; not for Mask R-CNN).
+    # Keyframes also look at the mirrored frame: always | never | auto (the detector plugin's
+    # choice: never for the shipped models, whose mirrored look costs more than it finds).
     keyframe_mirror: Literal["auto", "always", "never"] = "auto"
 
     @model_validator(mode="before")

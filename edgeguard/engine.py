@@ -25,9 +25,9 @@ from edgeguard.errors import Cancelled, EdgeguardError, FileError, InputError
 from edgeguard.media import image as image_io
 from edgeguard.media import media_kind
 from edgeguard.media import video as video_io
-from edgeguard.protection import Mask, as_heads, hide, rasterize
+from edgeguard.protection import Mask, Pads, as_heads, hide, rasterize
 from edgeguard.stages import Consumer, Producer
-from edgeguard.temporal import Image, Pads, Planned, Planner
+from edgeguard.temporal import Image, Planned, Planner
 
 log = logging.getLogger(__name__)
 

@@ -10,6 +10,7 @@ from edgeguard.config import ProtectConfig
 from edgeguard.detections import Detections, clip_boxes
 
 Mask = npt.NDArray[np.uint8]  # HxW, 255 = hide
+Pads = npt.NDArray[np.int32]  # pixels to grow each instance by, beside `dilate`
 Image = npt.NDArray[np.uint8]
 
 
@@ -20,7 +21,7 @@ def rasterize(
     *,
     shape: str,
     dilate: int,
-    pad: npt.NDArray[np.int32] | None = None,
+    pad: Pads | None = None,
     head: float = 0.0,
     heads_only: bool = False,
 ) -> Mask:
@@ -89,7 +90,7 @@ def as_heads(det: Detections) -> Detections:
     return Detections(boxes, det.scores, det.classes, masks, det.frame_size)
 
 
-def _with_heads(det: Detections, head: float, pads: npt.NDArray[np.int32]) -> tuple[Detections, npt.NDArray[np.int32]]:
+def _with_heads(det: Detections, head: float, pads: Pads) -> tuple[Detections, Pads]:
     """A box `head` x its height tall above every person (its middle HEAD_WIDTH), with the person's pad."""
     extra, extra_pads = [], []
     for i, cls in enumerate(det.classes):

@@ -4,17 +4,7 @@ The detector runs on keyframes: at least every `keyframe_interval` frames, and o
 any frame where a cheap motion check sees change that the tracked instances do not
 explain. Frames between two keyframes are held back (at most one interval) until
 the next keyframe is known; each of them then hides every instance of both
-keyframes where that instance is on that frame:
-
-- an instance seen at both keyframes follows its own optical flow from the first,
-  and the drift that flow had gathered by the second is spread linearly over the
-  interval, so its path ends exactly on the second keyframe's detection; its box
-  is the larger of the two and its shape the union of both keyframes' masks;
-- an instance seen at one keyframe only is carried by its own flow, forward from
-  the first or backward from the second;
-- each is grown by a margin that grows with its distance from the nearest keyframe
-  that saw it (and faster while its flow is unsure), sized from measured tracking
-  error (see `Margins`).
+keyframes where that instance is on that frame, with a margin (`edgeguard.carry`).
 
 The motion check compares each frame with the last keyframe, warped by the
 camera's motion: change where the keyframe's instances were and where their
@@ -34,14 +24,14 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
+from edgeguard.carry import Interval, Margins, Placement, placed_detections
 from edgeguard.config import TemporalConfig
-from edgeguard.detections import BoolArray, Detections, clip_boxes
-from edgeguard.protection import Mask
-from edgeguard.tracking import FlowFrame, Track, match, seed, step
+from edgeguard.detections import Detections
+from edgeguard.protection import Mask, Pads
+from edgeguard.tracking import FlowFrame, Track, seed, step
 
 Image = npt.NDArray[np.uint8]
 T = TypeVar("T")
-Pads = npt.NDArray[np.int32]
 # (detections, width, height, extra pixels around each instance or None) -> mask
 Rasterize = Callable[[Detections, int, int, "Pads | None"], Mask]
 
@@ -55,56 +45,6 @@ TAIL = 4
 Affine = npt.NDArray[np.float64]  # 2x3, keyframe (small scale) -> frame (small scale)
 _OPEN = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (3, 3))
 IDENTITY: Affine = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
-
-
-@dataclass(frozen=True)
-class Margins:
-    """How far a carried instance may be from where it is placed, in pixels.
-
-    Measured (`python -m bench.calibrate`: where the every-frame detector's boxes lie
-    around the placed instances of the bench clips, as a share of their height):
-    the 90th percentile needed about 1% + 0.5% per frame to the nearer keyframe for
-    instances seen at both keyframes, more for those whose own flow missed the second
-    keyframe or whose box changed between the two, and 3.5% + 1.2% per frame for
-    instances seen at one keyframe only. What is used, chosen by `make bench`:
-
-    - seen at both: half that (their path is pinned at both ends and their box is the
-      larger of the two keyframes'), plus a tenth of the evidence (flow miss and box
-      change, in pixels) from 3 frames out;
-    - seen at one keyframe only: a quarter of it. Most are low-scoring detections the
-      every-frame loop never sees; wider margins there bought no coverage, only area;
-    - 1% of the height more per frame the instance's flow was lost.
-
-    `scale` (temporal.margin_scale) multiplies all of it; `px` (temporal.margin) is
-    added to every margin.
-    """
-
-    px: float
-    scale: float = 1.0
-    motion_slack: float = 0.25  # share of the height the motion check also allows (shadows, swinging bags)
-
-    BOTH = 0.005
-    BOTH_GROWTH = 0.0025
-    EVIDENCE = 0.1
-    ONE = 0.009
-    ONE_GROWTH = 0.003
-    UNSURE = 0.01
-
-    @classmethod
-    def of(cls, cfg: TemporalConfig) -> Margins:
-        return cls(cfg.margin, cfg.margin_scale, cfg.motion_slack)
-
-    def __call__(self, p: Placement) -> float:
-        if p.both:
-            evidence = (p.drift + p.resize) / max(1.0, p.height)
-            share = self.BOTH + self.BOTH_GROWTH * p.frames + self.EVIDENCE * evidence * min(1.0, p.frames / 3)
-        else:
-            share = self.ONE + self.ONE_GROWTH * p.frames
-        return self.px + self.scale * p.height * (share + self.UNSURE * p.unsure)
-
-    def single(self, height: float, frames: int, unsure: int) -> float:
-        """An instance followed from one keyframe (the motion check's view of the tracks)."""
-        return self.px + self.scale * height * (self.ONE + self.ONE_GROWTH * frames + self.UNSURE * unsure)
 
 
 @dataclass
@@ -321,147 +261,38 @@ class Planner(Generic[T]):
             if reason in ("motion", "camera"):
                 self.motion_keyframes += 1
             key = self._key(index, image, small, flow)
-            yield from self._flush(prev, key, held, image.shape[1], image.shape[0])
-            yield Planned(item, key.mask, key.det, reason)
+            yield from self._closed(prev, key, held, item, reason)
             prev, last = key, None
         if held and last is not None and prev is not None:
             index, item, image, small, flow = last
-            if len(held) <= TAIL:
-                yield from self._flush(prev, None, held, image.shape[1], image.shape[0])
+            # Without the motion check nothing would notice a person walking into the tail.
+            if len(held) <= TAIL and cfg.motion_check:
+                interval = Interval(prev, None, [frame.flow for frame in held], (image.shape[1], image.shape[0]))
+                yield from self._carried(interval, held)
                 return
             # The stream ended long after the last keyframe: the last frame becomes one.
             held.pop()
             key = self._key(index, image, small, flow)
-            yield from self._flush(prev, key, held, image.shape[1], image.shape[0])
-            yield Planned(item, key.mask, key.det, "last")
+            yield from self._closed(prev, key, held, item, "last")
 
-    def _flush(self, a: Key, b: Key | None, held: list[_Held[T]], w: int, h: int) -> Iterator[Planned[T]]:
-        if not held:
-            return
-        interval = Interval(a, b, [frame.flow for frame in held])
-        if self.on_interval is not None:
+    def _closed(self, a: Key, b: Key, held: list[_Held[T]], item: T, reason: str) -> Iterator[Planned[T]]:
+        """The frames held between keyframes `a` and `b`, then `b` itself: what it found, and the
+        instances of `a` it did not find where their flow put them."""
+        h, w = b.mask.shape
+        interval = Interval(a, b, [frame.flow for frame in held], (w, h))
+        yield from self._carried(interval, held)
+        lost = interval.lost()
+        yield Planned(item, np.maximum(b.mask, self._placed_mask(lost, w, h)) if lost else b.mask, b.det, reason)
+
+    def _carried(self, interval: Interval, held: list[_Held[T]]) -> Iterator[Planned[T]]:
+        if self.on_interval is not None and held:
             self.on_interval(interval, [frame.item for frame in held])
+        w, h = interval.size
         for k, frame in enumerate(held, start=1):
-            placed = interval.at(k)
-            det = _placed(placed, w, h)
-            pad = np.ceil([self.margins(p) for p in placed]).astype(np.int32)
-            yield Planned(frame.item, self.rasterize(det, w, h, pad), None, "carried")
+            yield Planned(frame.item, self._placed_mask(interval.at(k), w, h), None, "carried")
         held.clear()
 
-
-@dataclass(frozen=True)
-class Placement:
-    """Where a carried instance is on one frame, and what is known about the error of that."""
-
-    box: npt.NDArray[np.float64]  # x0, y0, x1, y1, full-frame px, before any margin
-    mask: BoolArray | None  # box-shaped; None: the whole box
-    cls: str
-    height: float  # of the instance at its keyframe(s)
-    both: bool  # seen at both keyframes: its path is pinned at both ends
-    frames: int  # to the nearest keyframe that saw it
-    span: int  # frames between the keyframes
-    drift: float  # both: how far its own flow missed the second keyframe's detection (px)
-    resize: float  # both: how much its box changed between the keyframes (px, largest side)
-    unsure: int  # frames its flow was extrapolated
-
-
-class Interval:
-    """The instances of two neighbouring keyframes, placed on each frame between them.
-
-    Instances of the first are followed forward by their flow (`Key.tracks`, stepped
-    as frames arrived) and paired with the second keyframe's by where they arrived;
-    those only the second keyframe saw are followed backward over the held frames.
-    Without a second keyframe (the end of a stream) the first's are followed forward.
-    """
-
-    def __init__(self, a: Key, b: Key | None, held: list[FlowFrame]) -> None:
-        self.a = a
-        if b is None:
-            self.span, self.pairs, self.a_only, self.back = len(held) + 1, [], list(a.tracks), []
-            self.found = Detections.empty(a.det.frame_size)
-            return
-        self.span = b.index - a.index
-        self.found = b.det
-        self.pairs = match(a.tracks, self.span, b.det)
-        # An unsure pair may be two people: each end is also carried on its own.
-        paired_b = {p.found for p in self.pairs if p.sure}
-        paired_a = {p.track for p in self.pairs if p.sure}
-        self.a_only = [a.tracks[i] for i in range(len(a.tracks)) if i not in paired_a]
-        self.back = seed(b.flow, b.det.subset([j for j in range(len(b.det)) if j not in paired_b]))
-        later = b.flow
-        for flow in reversed(held):
-            step(self.back, later, flow)
-            later = flow
-
-    def at(self, k: int) -> list[Placement]:
-        """Every instance `k` frames after the first keyframe."""
-        span, det = self.span, self.found
-        out = []
-        for pair in self.pairs:
-            t, j = self.a.tracks[pair.track], pair.found
-            box, mask, drift = _between(t, k, span, det, j)
-            b = det.boxes[j].astype(np.float64)
-            resize = float(np.abs((b[2:] - b[:2]) - (t.box[2:] - t.box[:2])).max())
-            frames = min(k, span - k)
-            out.append(Placement(box, mask, t.cls, box[3] - box[1], True, frames, span, drift, resize, t.unsure[k]))
-        for t, steps in [(t, k) for t in self.a_only] + [(t, span - k) for t in self.back]:
-            h = t.box[3] - t.box[1]
-            out.append(Placement(t.at(steps), t.mask, t.cls, h, False, steps, span, 0.0, 0.0, t.unsure[steps]))
-        return out
-
-
-def _between(
-    track: Track, k: int, span: int, det: Detections, j: int
-) -> tuple[npt.NDArray[np.float64], BoolArray | None, float]:
-    """Where an instance seen at both keyframes is `k` frames after the first (of `span`).
-
-    Its own flow, corrected linearly for how far that flow missed the second keyframe's
-    detection (the miss is returned too); the larger of the two keyframes' sizes (a walking
-    person's box swings between such extremes with each stride, which interpolating would
-    cut through); the union of both keyframes' masks. A box cut by a frame edge is followed
-    by its other edge, the one that moves with the instance.
-    """
-    a, b = track.box, det.boxes[j].astype(np.float64)
-    alpha = k / span
-    here, arrived = track.at(k), track.at(span)
-    size = np.maximum(a[2:] - a[:2], b[2:] - b[:2])
-    limit = np.array(det.frame_size, np.float64)
-    low_cut = (np.minimum(a[:2], b[:2]) <= 0) & (np.maximum(a[2:], b[2:]) < limit)
-    high_cut = (np.maximum(a[2:], b[2:]) >= limit) & (np.minimum(a[:2], b[:2]) > 0)
-    anchor = np.where(low_cut, 1.0, np.where(high_cut, 0.0, 0.5))  # 0 = low edge, 1 = high edge, 0.5 = centre
-    point = here[:2] + anchor * (here[2:] - here[:2])
-    miss = (b[:2] + anchor * (b[2:] - b[:2])) - (arrived[:2] + anchor * (arrived[2:] - arrived[:2]))
-    low = point + alpha * miss - anchor * size
-    if track.mask is None or det.masks is None:
-        return np.concatenate([low, low + size]), None, float(np.hypot(*miss))
-    out = np.zeros((round(size[1]), round(size[0])), np.bool_)
-    for m in (track.mask, det.masks[j]):
-        ox, oy = (anchor * (np.array(out.shape[::-1]) - np.array(m.shape[::-1]))).round().astype(int)
-        out[oy : oy + m.shape[0], ox : ox + m.shape[1]] |= m
-    return np.concatenate([low, low + out.shape[::-1]]), out, float(np.hypot(*miss))
-
-
-def _placed(placed: list[Placement], w: int, h: int) -> Detections:
-    """Instances at float positions, as whole-pixel Detections clipped to the frame (masks cropped to match)."""
-    n = len(placed)
-    if n == 0:
-        return Detections.empty((w, h))
-    xyxy = np.stack([p.box for p in placed])
-    masks = [p.mask for p in placed]
-    classes = tuple(p.cls for p in placed)
-    has_masks = any(m is not None for m in masks)
-    if not has_masks:
-        return Detections(clip_boxes(xyxy, w, h), np.ones(n, np.float32), classes, None, (w, h))
-    out_boxes = np.zeros((n, 4), np.int32)
-    out_masks = []
-    for i, (box, m) in enumerate(zip(xyxy, masks, strict=True)):
-        x0, y0 = round(box[0]), round(box[1])
-        mm = m if m is not None else np.ones((round(box[3] - box[1]), round(box[2] - box[0])), np.bool_)
-        cx0, cy0 = max(0, x0), max(0, y0)
-        cx1, cy1 = min(w, x0 + mm.shape[1]), min(h, y0 + mm.shape[0])
-        if cx1 <= cx0 or cy1 <= cy0:  # carried out of the frame
-            out_masks.append(np.zeros((0, 0), np.bool_))
-            continue
-        out_boxes[i] = (cx0, cy0, cx1, cy1)
-        out_masks.append(np.ascontiguousarray(mm[cy0 - y0 : cy1 - y0, cx0 - x0 : cx1 - x0]))
-    return Detections(out_boxes, np.ones(n, np.float32), classes, tuple(out_masks), (w, h))
+    def _placed_mask(self, placed: list[Placement], w: int, h: int) -> Mask:
+        pad = np.ceil([self.margins(p) for p in placed]).astype(np.int32)
+        det, pad = placed_detections(placed, pad, w, h)
+        return self.rasterize(det, w, h, pad)

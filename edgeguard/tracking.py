@@ -60,7 +60,6 @@ class Track:
     """One instance followed from its keyframe (`anchor`), forward or backward in time."""
 
     cls: str
-    score: float  # the detector's, at the anchor
     box: npt.NDArray[np.float64]  # x0, y0, x1, y1 at the anchor, full-frame px
     mask: BoolArray | None  # the instance's mask at the anchor (box-shaped), None for box-only models
     points: Points  # current positions, track scale
@@ -97,7 +96,7 @@ def seed(frame: FlowFrame, det: Detections) -> list[Track]:
             canvas[oy : oy + full.shape[0], ox : ox + full.shape[1]] = full[: gh - oy, : gw - ox] * 255
             roi_mask = canvas[iy0:iy1, ix0:ix1]
         points = _corners(grey[iy0:iy1, ix0:ix1], roi_mask) + np.array([ix0, iy0], np.float32)
-        tracks.append(Track(det.classes[i], float(det.scores[i]), box, mask, points.astype(np.float32)))
+        tracks.append(Track(det.classes[i], box, mask, points.astype(np.float32)))
     return tracks
 
 

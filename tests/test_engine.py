@@ -36,9 +36,10 @@ FILL = ["detector.model=yolox_nano", "protect.style=fill", f"protect.color=[{RGB
 CODEC_TOLERANCE = 40  # H.264 moves colours a little: distance in BGR units
 COVERED = 0.98  # share of a person's pixels that must be within the tolerance (every-frame mode)
 # Keyframe mode carries each instance between detections, so it is held to what the bench measures
-# against the every-frame detector, whose boxes for one person swing from frame to frame: each
-# instance at least half hidden, and this share of all their pixels.
-CARRIED_HALF = 0.5
+# against the every-frame detector, whose boxes for one person swing from frame to frame (on
+# frames 10-11 of dos.mp4 one swings wide of the person: 86-90% of it hidden): each instance
+# this much hidden at least, and this share of all their pixels.
+CARRIED_EACH = 0.8
 CARRIED_COVERED = 0.99
 MARGIN = 16  # pixels beyond the grown area where codec bleeding (one macroblock) is still allowed
 MIN_PSNR = 30.0  # dB, far from every person, output vs input
@@ -224,7 +225,7 @@ def test_video_keyframe_mode_hides_people_and_leaves_the_rest(
     loose = [detector.detect(frame, t.keyframe_confidence) for frame in decode(run.src)]
     grow = run.cfg.protect.dilate + 64 + MARGIN
     check_video_privacy(
-        run, reference(run), "box", t.keyframe_interval, grow, loose, each=CARRIED_HALF, overall=CARRIED_COVERED
+        run, reference(run), "box", t.keyframe_interval, grow, loose, each=CARRIED_EACH, overall=CARRIED_COVERED
     )
     assert 0 < run.result.keyframes < run.result.frames == 60
 
@@ -238,7 +239,7 @@ def test_video_every_frame_mode_hides_silhouettes_and_only_them(
 
 
 def test_keyframe_mode_hides_everyone_the_detector_finds(protect_video: Callable[..., Run]) -> None:
-    """A handheld clip: every person the every-frame detector finds is at least half hidden, and
+    """A handheld clip: every person the every-frame detector finds is at least 80% hidden, and
     99% of all their pixels are. (Not ecuador.mp4: on three frames of it the detector calls a road
     sign a person, and no keyframe around them, even at its lower threshold, sees that sign.)"""
     run = protect_video(media("dos.mp4"), *FILL, "protect.shape=box")
@@ -250,7 +251,7 @@ def test_keyframe_mode_hides_everyone_the_detector_finds(protect_video: Callable
             pixels = person_pixels(out_frame, det, j, "box")
             share = near_fill(pixels)
             hidden, total = hidden + share * len(pixels), total + len(pixels)
-            if share < CARRIED_HALF:
+            if share < CARRIED_EACH:
                 leaks.append((i, det.boxes[j].tolist(), round(float(det.scores[j]), 2), round(share, 3)))
     assert leaks == []
     assert total > 0 and hidden / total >= CARRIED_COVERED
