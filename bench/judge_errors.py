@@ -29,6 +29,7 @@ _BIN = "a litter bin on the far pavement (the camera pans past it)"
 _STREET = "a box over a stretch of street, no face in it"
 ERRORS = [
     JudgeError("vtest.avi", "person", 0, (311, 208, 321, 240), "a camera on a tripod"),
+    JudgeError("vtest.avi", "person", 12, (181, 114, 191, 129), "a yellow warning sign on the pavement"),
     *(
         JudgeError("ecuador.mp4", "person", f, box, _BIN)
         for f, box in [
@@ -40,6 +41,17 @@ ERRORS = [
             (82, (750, 361, 789, 467)),
         ]
     ),
+    *(
+        JudgeError("ecuador.mp4", "person", f, box, "a black post on the far pavement (the camera pans past it)")
+        for f, box in [
+            (15, (1258, 377, 1275, 430)),
+            (18, (1247, 378, 1266, 431)),
+            (24, (1232, 376, 1244, 431)),
+            (27, (1226, 382, 1243, 431)),
+            (43, (1183, 380, 1203, 429)),
+        ]
+    ),
+    JudgeError("ecuador.mp4", "person", 43, (1231, 361, 1244, 430), "a white pole leaning on a shop front"),
     JudgeError("ecuador.mp4", "yunet", 78, (1155, 283, 1180, 310), "a no-entry road sign"),
     JudgeError("pedestrians.mp4", "yunet", 0, (169, 141, 200, 180), "a face on a poster in the shop window"),
     *(
