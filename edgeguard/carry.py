@@ -104,7 +104,7 @@ class Placement:
 class Interval:
     """The instances of two neighbouring keyframes, placed on each frame between them.
 
-    Instances of the first are followed forward by their flow (`Key.tracks`, stepped
+    Instances of the first are followed forward by their flow (`Keyframe.tracks`, stepped
     as frames arrived) and paired with the second keyframe's by where they arrived;
     those only the second keyframe saw are followed backward over the held frames.
     Without a second keyframe (the end of a stream) the first's are followed forward.
