@@ -60,6 +60,14 @@ def paste(scene: np.ndarray, sprite: np.ndarray, x: float, y: int) -> tuple[np.n
     return img, (x0, y, max(x0, x1), y + h)
 
 
+def walk(
+    scene: np.ndarray, sprite: np.ndarray, n: int, x: float, y: int, speed: float
+) -> tuple[list[np.ndarray], list[list[Box]]]:
+    """`n` frames of `sprite` walking from `x` at `speed` px a frame; each frame's box."""
+    pasted = [paste(scene, sprite, x + speed * i, y) for i in range(n)]
+    return [img for img, _ in pasted], [[box] for _, box in pasted]
+
+
 class Oracle:
     """Detects exactly the boxes it was told were pasted into each frame."""
 
@@ -96,11 +104,7 @@ def reach(mask: np.ndarray, box: Box) -> tuple[int, int, int, int]:
 def test_an_instance_at_constant_speed_is_hidden_where_it_is_with_a_few_pixels_to_spare(
     campus: np.ndarray, woman: np.ndarray
 ) -> None:
-    frames, boxes = [], []
-    for i in range(40):
-        img, box = paste(campus, woman, 40 + 4.5 * i, 140)
-        frames.append(img)
-        boxes.append([box])
+    frames, boxes = walk(campus, woman, 40, 40, 140, 4.5)
     planned = plan(frames, boxes, TemporalConfig(keyframe_interval=16))
     carried = [p for p in planned if not p.keyframe]
     assert len(carried) >= 30, "the test is about carried frames"
@@ -179,11 +183,7 @@ def test_a_fast_pan_keeps_every_still_person_hidden(campus: np.ndarray, woman: n
 
 def test_a_short_tail_is_carried_forward_without_a_closing_keyframe(campus: np.ndarray, woman: np.ndarray) -> None:
     """A clip ending 3 frames after a keyframe: those frames are carried by the woman's own flow."""
-    frames, boxes = [], []
-    for i in range(20):
-        img, box = paste(campus, woman, 60 + 5 * i, 140)
-        frames.append(img)
-        boxes.append([box])
+    frames, boxes = walk(campus, woman, 20, 60, 140, 5)
     planned = plan(frames, boxes, TemporalConfig(keyframe_interval=16))
     assert [p.item for p in planned if p.keyframe] == [0, 16]
     for p in planned[17:]:
@@ -193,11 +193,7 @@ def test_a_short_tail_is_carried_forward_without_a_closing_keyframe(campus: np.n
 
 def test_a_person_the_detector_misses_on_a_keyframe_is_hidden_there(campus: np.ndarray, woman: np.ndarray) -> None:
     """The detector loses her on the second keyframe only: her flow from the first still hides her there."""
-    frames, truth = [], []
-    for i in range(33):
-        img, box = paste(campus, woman, 60 + 5 * i, 140)
-        frames.append(img)
-        truth.append([box])
+    frames, truth = walk(campus, woman, 33, 60, 140, 5)
     seen = [[] if i == 16 else b for i, b in enumerate(truth)]
     planned = plan(frames, seen, TemporalConfig(keyframe_interval=16, motion_check=False))
     assert [p.item for p in planned if p.keyframe] == [0, 16, 32]
@@ -208,22 +204,14 @@ def test_a_person_the_detector_misses_on_a_keyframe_is_hidden_there(campus: np.n
 
 def test_without_the_motion_check_the_last_frame_is_a_keyframe(campus: np.ndarray, woman: np.ndarray) -> None:
     """Nothing would notice a person walking into an unwatched tail: it closes on a keyframe."""
-    frames, boxes = [], []
-    for i in range(20):
-        img, box = paste(campus, woman, 60 + 5 * i, 140)
-        frames.append(img)
-        boxes.append([box])
+    frames, boxes = walk(campus, woman, 20, 60, 140, 5)
     planned = plan(frames, boxes, TemporalConfig(keyframe_interval=16, motion_check=False))
     assert [p.item for p in planned if p.keyframe] == [0, 16, 19]
 
 
 def test_a_person_seen_only_at_the_second_keyframe_is_hidden_before_it(campus: np.ndarray, woman: np.ndarray) -> None:
     """She walks in from the right edge without the motion check: the second keyframe's track reaches back."""
-    frames, boxes = [], []
-    for i in range(17):
-        img, box = paste(campus, woman, W - 6 * i, 150)
-        frames.append(img)
-        boxes.append([box])
+    frames, boxes = walk(campus, woman, 17, W, 150, -6)
     planned = plan(frames, boxes, TemporalConfig(keyframe_interval=16, motion_check=False))
     assert [p.item for p in planned if p.keyframe] == [0, 16]
     for p in planned:
@@ -237,11 +225,7 @@ def test_a_person_seen_only_at_the_second_keyframe_is_hidden_before_it(campus: n
 
 def test_motion_that_a_track_explains_fires_nothing(campus: np.ndarray, woman: np.ndarray) -> None:
     """A person seen at the keyframe walks 200 px: her track explains the change, so no keyframe is forced."""
-    frames, boxes = [], []
-    for i in range(40):
-        img, box = paste(campus, woman, 100 + 5 * i, 140)
-        frames.append(img)
-        boxes.append([box])
+    frames, boxes = walk(campus, woman, 40, 100, 140, 5)
     planned = plan(frames, boxes, TemporalConfig(keyframe_interval=300))
     assert [p.reason for p in planned if p.keyframe] == ["first", "last"]
 
