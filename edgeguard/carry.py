@@ -123,7 +123,9 @@ class Interval:
         paired_b = {p.found for p in self.pairs if p.sure}
         paired_a = {p.track for p in self.pairs if p.sure}
         self.a_only = [a.tracks[i] for i in range(len(a.tracks)) if i not in paired_a]
-        self.back = seed(b.flow, b.det.subset([j for j in range(len(b.det)) if j not in paired_b]))
+        # Followed backward only over held frames: none held (back-to-back keyframes), none seeded.
+        unpaired = [j for j in range(len(b.det)) if j not in paired_b] if held else []
+        self.back = seed(b.flow, b.det.subset(unpaired))
         later = b.flow
         for flow in reversed(held):
             step(self.back, later, flow)
