@@ -14,6 +14,7 @@ from typing import Any
 
 from edgeguard import __version__
 from edgeguard.config import Config, load_config
+from edgeguard.daemon.logs import OneLine
 from edgeguard.errors import ConfigError, EdgeguardError, ExitCode, UsageError
 
 log = logging.getLogger(__name__)
@@ -92,6 +93,8 @@ def _setup_logging(verbose: bool, level: str = "info") -> None:
         stream=sys.stderr,
         force=True,
     )
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(OneLine())
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -167,6 +167,9 @@ IMAGE_PATTERNS = ["*.jpg", "*.jpeg", "*.png", "*.webp", "*.bmp"]
 class WatchConfig(Section):
     # A file is taken once its size and mtime have not changed for this long.
     settle_seconds: Annotated[float, Field(ge=0, le=3600)] = 2.0
+    # A video cut short (its index promises more frames than its data holds) is left in
+    # incoming this long after its last change, for its writer to finish; then it is failed.
+    incomplete_seconds: Annotated[float, Field(ge=0, le=86400)] = 300.0
     # Full rescan of the incoming folder (inotify can overflow; cross-filesystem moves give no close event).
     rescan_seconds: Annotated[float, Field(gt=0, le=86400)] = 30.0
     # Names to take / to ignore (shell patterns, case-insensitive; ignore wins).

@@ -70,10 +70,15 @@ class FileError(EdgeguardError):
 
 
 class InputError(FileError):
-    """The input itself is bad: empty, truncated, not media, absurd dimensions."""
+    """The input itself is bad: empty, truncated, not media, absurd dimensions.
 
-    def __init__(self, path: object, reason: str, *, stage: str = "probe") -> None:
+    `incomplete`: what a file still arriving looks like (cut short, no index yet);
+    the daemon gives such a file time for its writer to come back before failing it.
+    """
+
+    def __init__(self, path: object, reason: str, *, stage: str = "probe", incomplete: bool = False) -> None:
         super().__init__(path, reason, stage=stage)
+        self.incomplete = incomplete
 
 
 class Cancelled(FileError):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import fcntl
 import logging
 import os
 import shutil
@@ -18,6 +19,10 @@ from edgeguard.errors import SetupError
 log = logging.getLogger(__name__)
 
 LEDGER_NAME = "ledger.sqlite3"
+# Only the daemon may write these: what is in them is trusted (no link can be swapped in).
+PRIVATE = ("work", "state")
+# A second daemon on any of these would take the same files or the same ledger.
+LOCKED = ("state", "incoming", "work")
 
 
 @dataclass(frozen=True)
@@ -37,11 +42,19 @@ class Folders:
 
 def prepare(paths: PathsConfig) -> Folders:
     """Create the folders, check they are writable and that atomic renames are possible."""
-    folders = Folders(**{k: Path(v).absolute() for k, v in paths.model_dump().items()})
+    given = {k: Path(v).absolute() for k, v in paths.model_dump().items()}
+    # Resolved once: a folder given as a symlink is watched where it points now (inotify
+    # does not follow links), and a later change of the link is not followed.
+    folders = Folders(**{k: Path(os.path.realpath(v)) for k, v in given.items()})
+    for key, path in vars(folders).items():
+        if path != given[key] and given[key].is_symlink():
+            log.info("paths.%s: %s is a symlink; using %s", key, given[key], path)
     problems: list[str] = []
     for key, path in vars(folders).items():
         try:
             path.mkdir(parents=True, exist_ok=True)
+            if key in PRIVATE:
+                path.chmod(0o700)
             with tempfile.NamedTemporaryFile(dir=path, prefix=".edgeguard-probe-"):
                 pass
         except OSError as exc:
@@ -66,6 +79,52 @@ def prepare(paths: PathsConfig) -> Folders:
                 path,
             )
     return folders
+
+
+class FolderLocks:
+    """Exclusive locks (flock) on the folders one daemon must own alone, held while the process lives."""
+
+    def __init__(self) -> None:
+        self._fds: dict[Path, int] = {}
+
+    def hold(self, folders: Folders) -> None:
+        """Lock `folders` (those already held stay held; others are released); SetupError if taken."""
+        wanted = {getattr(folders, key): key for key in LOCKED}
+        new: dict[Path, int] = {}
+        try:
+            for path, key in wanted.items():
+                if path in self._fds:
+                    continue
+                fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+                new[path] = fd
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    raise SetupError(
+                        f"another edgeguard is already running on paths.{key} ({path}); refusing to start a second"
+                    ) from None
+        except BaseException:
+            for fd in new.values():
+                os.close(fd)
+            raise
+        for path in [p for p in self._fds if p not in wanted]:
+            os.close(self._fds.pop(path))
+        self._fds.update(new)
+
+    def release(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+
+
+def output_problem(folders: Folders) -> str | None:
+    """Why nothing can be published into the output folder now, or None."""
+    try:
+        with tempfile.NamedTemporaryFile(dir=folders.output, prefix=".edgeguard-probe-"):
+            pass
+    except OSError as exc:
+        return f"{folders.output} is not writable: {exc.strerror or exc}"
+    return None
 
 
 def free_bytes(path: Path) -> int:

@@ -13,16 +13,18 @@ import json
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 from edgeguard import __version__
 from edgeguard.config import Config
 from edgeguard.daemon import ledger as L
+from edgeguard.daemon.claim import Refused, Snapshot, being_written, link_into, open_regular, release
 from edgeguard.daemon.folders import Folders, move_noclobber
 from edgeguard.durable import fsync_dir, fsync_file
 from edgeguard.engine import Engine, Result, default_output, temp_name
-from edgeguard.errors import Cancelled, EdgeguardError, FileError
+from edgeguard.errors import Cancelled, EdgeguardError, FileError, InputError
 from edgeguard.media import image as image_io
 from edgeguard.media import media_kind
 from edgeguard.media import video as video_io
@@ -30,17 +32,76 @@ from edgeguard.media import video as video_io
 log = logging.getLogger(__name__)
 
 PARTIAL_MARK = ".partial"
+RELEASE_MARK = ".release"
 
 
-def sha256_of(path: Path, alive: Callable[[], None] | None = None) -> str:
-    """The file's sha256; `alive` is called every 64 MiB (the watchdog sees progress)."""
+class Changed(Exception):
+    """The claimed file is no longer what was claimed (a writer came back, or it was truncated)."""
+
+
+def hash_claimed(path: Path, snapshot: Snapshot, cancel: threading.Event, alive: Callable[[], None]) -> str:
+    """The sha256 of exactly the claimed bytes; Changed if the file is not what was claimed.
+
+    Reads at most the claimed size, so nothing (a file still growing, a device) can
+    keep it reading, and stops when `cancel` is set (the time limit, SIGTERM).
+    """
     h = hashlib.sha256()
-    with path.open("rb") as f:
-        for i, chunk in enumerate(iter(lambda: f.read(1 << 20), b"")):
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        if not snapshot.unchanged(os.fstat(fd)):
+            raise Changed("changed since it was claimed")
+        left = snapshot.size
+        while left:
+            chunk = os.read(fd, min(left, 1 << 20))
+            if not chunk:
+                raise Changed(f"shrank to {snapshot.size - left} bytes since it was claimed")
             h.update(chunk)
-            if alive is not None and i % 64 == 63:
-                alive()
+            left -= len(chunk)
+            alive()
+            if cancel.is_set():
+                raise Cancelled(path)
+    finally:
+        os.close(fd)
     return h.hexdigest()
+
+
+def changes(path: Path, snapshot: Snapshot, digest: str) -> str | None:
+    """How the claimed file differs from the claim, or None if it is what was claimed and processed."""
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        return "it vanished from the work folder"
+    if not snapshot.same_file(st):
+        return "it was replaced"
+    if (st.st_size, st.st_mtime_ns) != (snapshot.size, snapshot.mtime_ns):
+        return f"it changed ({snapshot.size} -> {st.st_size} bytes)"
+    if st.st_ctime_ns != snapshot.ctime_ns:
+        # ctime also moves when a link is added or removed: only the bytes can tell.
+        try:
+            same = hash_claimed_now(path) == digest
+        except OSError:
+            same = False
+        if not same:
+            return "its content changed"
+    return None
+
+
+def hash_claimed_now(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb", opener=lambda p, f: os.open(p, f | os.O_NOFOLLOW)) as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class Withdrawn(Exception):
+    """A job given back to the incoming folder; `until` is when to look at it again if it stays unchanged."""
+
+    def __init__(self, name: str, reason: str, until: float | None) -> None:
+        super().__init__(reason)
+        self.name = name
+        self.reason = reason
+        self.until = until
 
 
 class Jobs:
@@ -51,33 +112,53 @@ class Jobs:
         self.folders = folders
         self.ledger = ledger
         self.engine = engine
+        # Every name in incoming is resolved against this descriptor, never through a path.
+        self.incoming_fd = os.open(folders.incoming, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+
+    def close(self) -> None:
+        os.close(self.incoming_fd)
 
     # ------------------------------------------------------------- claiming
 
-    def claim(self, path: Path) -> int | None:
-        """Move a settled file from incoming into work; None if it vanished meanwhile."""
+    def claim(self, name: str) -> int:
+        """Take a settled file from incoming by hard-linking it into work; Refused if it may not be taken now."""
+        fd, st = open_regular(name, self.incoming_fd)
         try:
-            size = path.lstat().st_size
-        except FileNotFoundError:
-            return None
-        job_id = self.ledger.add(path.name, Path(), size)
-        work = self.folders.work / f"{job_id:08d}-{path.name}"
-        self.ledger.update(job_id, work_path=str(work))
-        try:
-            os.rename(path, work)
-        except FileNotFoundError:
-            self.ledger.delete(job_id)
-            return None
+            if being_written(fd, st):
+                raise Refused("open for writing by another process", retry=True)
+            job_id = self.ledger.add(name, Path(), st.st_size)
+            work = self.folders.work / f"{job_id:08d}-{name}"
+            self.ledger.update(job_id, work_path=str(work))
+            try:
+                link_into(name, self.incoming_fd, work, st)
+            except BaseException:
+                self.ledger.delete(job_id)
+                raise
+        finally:
+            os.close(fd)
         fsync_dir(self.folders.work)
-        fsync_dir(self.folders.incoming)
-        self.ledger.update(job_id, state=L.QUEUED)
-        log.info("claimed %s as job %d", path.name, job_id, extra=_fields(path.name, job_id))
+        # After the link: linking moves ctime, and the snapshot is what "unchanged" compares against.
+        self._record(job_id, work)
+        log.info("claimed %s as job %d", name, job_id, extra=_fields(name, job_id))
         return job_id
+
+    def _record(self, job_id: int, work: Path) -> Snapshot:
+        snap = Snapshot.of(work.lstat())
+        self.ledger.update(
+            job_id,
+            state=L.QUEUED,
+            size=snap.size,
+            dev=snap.dev,
+            ino=snap.ino,
+            mtime_ns=snap.mtime_ns,
+            ctime_ns=snap.ctime_ns,
+        )
+        return snap
 
     # ----------------------------------------------------------- processing
 
     def run(self, job_id: int, cancel: threading.Event, progress: Callable[[float], None]) -> str:
-        """Process one queued job to a final state; returns the outcome."""
+        """Process one queued job to a final state; returns the outcome (Withdrawn if given back)."""
         job = self.ledger.get(job_id)
         assert job is not None
         work = Path(job.work_path)
@@ -85,26 +166,37 @@ class Jobs:
             return self._fail(
                 job_id, work, f"gave up after {job.attempts} attempts that crashed or hung the daemon", "poison"
             )
-        try:
-            digest = job.sha256 or sha256_of(work, lambda: progress(0.0))
-        except OSError as exc:
-            return self._fail(job_id, work, f"cannot read: {exc.strerror or exc}", "read")
-        self.ledger.update(job_id, sha256=digest)
-        earlier = self.ledger.done_with_hash(digest, job_id)
-        if earlier is not None:
-            log.info(
-                "%s: same content as job %d (%s); not processed again",
-                job.name,
-                earlier.id,
-                earlier.output,
-                extra=_fields(job.name, job_id, "duplicate"),
-            )
-            self.ledger.update(job_id, output=earlier.output)
-            self._dispose_original(job_id, work, job.name, L.DUPLICATE)
-            return L.DUPLICATE
+        snapshot = _snapshot(job)
+        if snapshot is None:  # a row from before claims recorded the inode
+            try:
+                snapshot = self._record(job_id, work)
+            except OSError as exc:
+                return self._fail(job_id, work, f"cannot read: {exc.strerror or exc}", "read")
+        # Counted before anything reads the file: a read that hangs counts as an attempt too.
         self.ledger.start_attempt(job_id)
         try:
+            digest = job.sha256 or hash_claimed(work, snapshot, cancel, lambda: progress(0.0))
+            self.ledger.update(job_id, sha256=digest)
+            earlier = self.ledger.done_with_hash(digest, job_id)
+            if earlier is not None and earlier.output and Path(earlier.output).is_file():
+                log.info(
+                    "%s: same content as job %d, whose output %s is still there; not processed again",
+                    job.name,
+                    earlier.id,
+                    earlier.output,
+                    extra=_fields(job.name, job_id, "duplicate"),
+                )
+                # QUEUED with an output is what recovery reads as "a duplicate being disposed of".
+                self.ledger.update(job_id, state=L.QUEUED, attempts=job.attempts, output=earlier.output)
+                self._dispose_original(job_id, work, job.name, L.DUPLICATE)
+                return L.DUPLICATE
             result = self._protect(work, job.name, cancel, progress)
+            why = changes(work, snapshot, digest)
+            if why is not None:
+                Path(result.output).unlink(missing_ok=True)
+                raise Changed(why)
+        except Changed as exc:
+            raise self._withdraw(job, f"{exc} while being processed; taken again once it settles", None) from None
         except Cancelled as exc:
             # A rollback, not a crash: the attempt does not count toward max_attempts.
             self.ledger.update(job_id, state=L.QUEUED, attempts=job.attempts, reason=exc.reason)
@@ -113,10 +205,17 @@ class Jobs:
             if exc.transient:
                 self.ledger.update(job_id, state=L.QUEUED, attempts=job.attempts, stage=exc.stage, reason=exc.reason)
                 raise
+            young = snapshot.mtime_ns / 1e9 + self.cfg.watch.incomplete_seconds
+            if isinstance(exc, InputError) and exc.incomplete and time.time() < young:
+                # Perhaps a writer paused longer than settle_seconds: give it time to come back.
+                reason = f"{exc.reason}; left in incoming until it changes or for {young - time.time():.0f} s"
+                raise self._withdraw(job, reason, young) from None
             return self._fail(job_id, work, exc.reason, exc.stage)
+        except OSError as exc:
+            return self._fail(job_id, work, f"cannot read: {exc.strerror or exc}", "read")
         except EdgeguardError as exc:
             return self._fail(job_id, work, str(exc), "process")
-        final = self._publish(job_id, result, job.name)
+        final = self._publish(job_id, result, job.name, job.attempts)
         log.info(
             "%s -> %s: %d frames, %d detections, %.1f s",
             job.name,
@@ -128,6 +227,23 @@ class Jobs:
         )
         self._dispose_original(job_id, work, job.name, L.DONE)
         return L.DONE
+
+    def _withdraw(self, job: L.Job, reason: str, until: float | None) -> Withdrawn:
+        """Give a job back to incoming (where its writer may still be adding to it); nothing is published."""
+        work = Path(job.work_path)
+        try:
+            here = os.stat(job.name, dir_fd=self.incoming_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            here = None
+        snap = _snapshot(job)
+        if here is not None and snap is not None and snap.same_file(here):
+            work.unlink(missing_ok=True)  # the name in incoming still holds it
+        elif work.exists():
+            move_noclobber(work, self.folders.incoming, job.name)
+        fsync_dir(self.folders.work)
+        self.ledger.update(job.id, state=L.WITHDRAWN, reason=reason, attempts=job.attempts)
+        log.warning("%s: %s", job.name, reason, extra=_fields(job.name, job.id, "withdrawn"))
+        return Withdrawn(job.name, reason, until)
 
     def _protect(self, work: Path, name: str, cancel: threading.Event, progress: Callable[[float], None]) -> Result:
         # The engine decides the format from the extension, so it sees the original name.
@@ -145,15 +261,22 @@ class Jobs:
             raise
         return result
 
-    def _publish(self, job_id: int, result: Result, name: str) -> Path:
+    def _publish(self, job_id: int, result: Result, name: str, attempts: int) -> Path:
         tmp = Path(result.output)
-        # The name is recorded before the link: a crash right after it must not lead to a second output.
-        final = move_noclobber(
-            tmp,
-            self.folders.output,
-            default_output(Path(name), self.folders.output).name,
-            before=lambda dst: self.ledger.update(job_id, output=str(dst)),
-        )
+        try:
+            # The name is recorded before the link: a crash right after it must not lead to a second output.
+            final = move_noclobber(
+                tmp,
+                self.folders.output,
+                default_output(Path(name), self.folders.output).name,
+                before=lambda dst: self.ledger.update(job_id, output=str(dst)),
+            )
+        except OSError as exc:
+            # The output folder's fault (read-only, full), not the file's: not an attempt that counts.
+            tmp.unlink(missing_ok=True)
+            self.ledger.update(job_id, state=L.QUEUED, attempts=attempts, output=None)
+            reason = f"cannot publish into {self.folders.output}: {exc.strerror or exc}"
+            raise FileError(tmp, reason, stage="publish", transient=True) from exc
         self.ledger.update(job_id, state=L.OUTPUT_DONE, output=str(final), progress=1.0)
         return final
 
@@ -163,7 +286,18 @@ class Jobs:
         final = Path(job.final_path) if job is not None and job.final_path else None
         return final if final is not None and final.is_file() else None
 
+    def _release_incoming(self, job_id: int) -> None:
+        """Remove the claimed file's name from incoming (only if it still is the claimed file)."""
+        job = self.ledger.get(job_id)
+        snap = _snapshot(job) if job is not None else None
+        if job is None or snap is None:
+            return
+        holding = self.folders.work / f".{job_id:08d}{RELEASE_MARK}"
+        if release(job.name, self.incoming_fd, snap, holding):
+            fsync_dir(self.folders.incoming)
+
     def _dispose_original(self, job_id: int, work: Path, name: str, state: str) -> None:
+        self._release_incoming(job_id)
         policy = self.cfg.daemon.originals
         final: Path | None = None
         if policy == "delete":
@@ -188,6 +322,7 @@ class Jobs:
     def _fail(self, job_id: int, work: Path, reason: str, stage: str) -> str:
         job = self.ledger.get(job_id)
         assert job is not None
+        self._release_incoming(job_id)
         if work.exists():
             final: Path | None = move_noclobber(
                 work,
@@ -227,7 +362,7 @@ class Jobs:
             if job.state == L.CLAIMING:
                 incoming = self.folders.incoming / job.name
                 if work.is_file():
-                    self.ledger.update(job.id, state=L.QUEUED)
+                    self._record(job.id, work)
                 elif not incoming.exists():
                     log.warning("job %d (%s): neither in incoming nor in work; dropping the claim", job.id, job.name)
                     self.ledger.delete(job.id)
@@ -272,7 +407,9 @@ class Jobs:
         """Remove partial outputs; adopt any original the ledger does not know."""
         known = {Path(j.work_path).name for j in self.ledger.in_states(*L.ACTIVE)}
         for entry in os.scandir(self.folders.work):
-            if PARTIAL_MARK in entry.name or entry.name.startswith(".edgeguard-probe-"):
+            if entry.name.endswith(RELEASE_MARK):
+                self._finish_release(Path(entry.path))
+            elif PARTIAL_MARK in entry.name or entry.name.startswith(".edgeguard-probe-"):
                 log.info("removing partial output %s", entry.name)
                 Path(entry.path).unlink(missing_ok=True)
             elif entry.is_file(follow_symlinks=False) and entry.name not in known:
@@ -281,8 +418,25 @@ class Jobs:
                 self.ledger.update(job_id, state=L.QUEUED)
                 log.warning("adopted %s from the work folder as job %d", entry.name, job_id)
 
+    def _finish_release(self, holding: Path) -> None:
+        """A crash came while a name was taken from incoming to be compared: finish or undo that."""
+        st = holding.lstat()
+        job = self.ledger.get(int(holding.name[1:9])) if holding.name[1:9].isdigit() else None
+        if st.st_nlink > 1 or job is None:
+            holding.unlink()  # the claimed file, still linked in work (or nothing we can name)
+            return
+        log.warning("putting %s back into incoming (taken by a release a crash interrupted)", job.name)
+        move_noclobber(holding, self.folders.incoming, job.name)
+
     def queued(self) -> list[int]:
         return [j.id for j in self.ledger.in_states(L.QUEUED)]
+
+
+def _snapshot(job: L.Job | None) -> Snapshot | None:
+    if job is None or None in (job.dev, job.ino, job.mtime_ns, job.ctime_ns):
+        return None
+    assert job.dev is not None and job.ino is not None and job.mtime_ns is not None and job.ctime_ns is not None
+    return Snapshot(job.dev, job.ino, job.size, job.mtime_ns, job.ctime_ns)
 
 
 def verify_output(path: Path, result: Result, alive: Callable[[], None] | None = None) -> None:

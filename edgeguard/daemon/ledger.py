@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edgeguard.errors import SetupError
+
 # States, in the order a job goes through them.
 CLAIMING = "claiming"  # row written, rename incoming -> work not yet confirmed
 QUEUED = "queued"  # original in work, waiting for (another) attempt
@@ -22,7 +24,8 @@ OUTPUT_DONE = "output_done"  # protected output durable in the output folder
 DONE = "done"  # original deleted / quarantined / kept
 DUPLICATE = "duplicate"  # same content as an earlier done job; original handled, no new output
 FAILED = "failed"  # original in the failed folder with NAME.error.json
-FINAL = (DONE, DUPLICATE, FAILED)
+WITHDRAWN = "withdrawn"  # changed (or looked cut short) while processed: left in incoming, taken again later
+FINAL = (DONE, DUPLICATE, FAILED, WITHDRAWN)
 ACTIVE = (CLAIMING, QUEUED, PROCESSING, OUTPUT_DONE)
 
 _SCHEMA = """
@@ -40,7 +43,11 @@ CREATE TABLE IF NOT EXISTS jobs (
     reason TEXT,
     progress REAL,
     created REAL NOT NULL,
-    updated REAL NOT NULL
+    updated REAL NOT NULL,
+    dev INTEGER,                 -- the claimed inode and what it was at the claim (see claim.Snapshot)
+    ino INTEGER,
+    mtime_ns INTEGER,
+    ctime_ns INTEGER
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
 CREATE INDEX IF NOT EXISTS jobs_sha ON jobs(sha256);
@@ -63,6 +70,10 @@ class Job:
     progress: float | None
     created: float
     updated: float
+    dev: int | None = None
+    ino: int | None = None
+    mtime_ns: int | None = None
+    ctime_ns: int | None = None
 
 
 class Ledger:
@@ -79,13 +90,29 @@ class Ledger:
         if readonly:
             self.db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
         else:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self.db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
-            self.db.execute("PRAGMA journal_mode=WAL")
-            # FULL: a committed step survives power loss, which the crash promises need.
-            self.db.execute("PRAGMA synchronous=FULL")
-            self.db.executescript(_SCHEMA)
+            try:
+                self.db = self._open_for_writing(path)
+            except (sqlite3.Error, OSError) as exc:
+                raise SetupError(f"paths.state: cannot open the ledger {path}: {exc}") from exc
         self.db.row_factory = sqlite3.Row
+
+    @staticmethod
+    def _open_for_writing(path: Path) -> sqlite3.Connection:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            # FULL: a committed step survives power loss, which the crash promises need.
+            db.execute("PRAGMA synchronous=FULL")
+            db.executescript(_SCHEMA)
+            have = {r[1] for r in db.execute("PRAGMA table_info(jobs)")}
+            for column in ("dev", "ino", "mtime_ns", "ctime_ns"):
+                if column not in have:  # a ledger from before claims recorded the inode
+                    db.execute(f"ALTER TABLE jobs ADD COLUMN {column} INTEGER")
+        except BaseException:
+            db.close()
+            raise
+        return db
 
     def close(self) -> None:
         self.db.close()

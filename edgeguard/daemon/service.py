@@ -11,6 +11,7 @@ import logging
 import os
 import queue
 import signal
+import sqlite3
 import threading
 import time
 from collections.abc import Sequence
@@ -20,8 +21,9 @@ from types import FrameType
 
 from edgeguard.config import Config, load_config
 from edgeguard.daemon import ledger as L
-from edgeguard.daemon.folders import Folders, free_bytes, prepare
-from edgeguard.daemon.jobs import Jobs
+from edgeguard.daemon.claim import Refused
+from edgeguard.daemon.folders import FolderLocks, Folders, free_bytes, output_problem, prepare
+from edgeguard.daemon.jobs import Jobs, Withdrawn
 from edgeguard.daemon.notify import Notifier
 from edgeguard.daemon.watcher import Arrivals
 from edgeguard.engine import Engine
@@ -30,6 +32,20 @@ from edgeguard.errors import Cancelled, EdgeguardError, ExitCode, FileError
 log = logging.getLogger(__name__)
 
 TICK = 0.25  # main-loop period, seconds
+# A main-loop tick this late means the process was stopped (SIGSTOP) or the machine slept:
+# that time is not the file's, and is not counted against its time limit.
+STALL = 5.0
+LEDGER_CHECK = 5.0  # seconds between checks that the ledger is still the file the daemon opened
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What the worker learnt about a file in incoming, for the main loop's arrivals."""
+
+    name: str
+    reason: str
+    retry: bool  # still being written: settle it again; else hold it until it changes (or `until`)
+    until: float | None = None
 
 
 @dataclass(frozen=True)
@@ -67,6 +83,7 @@ class Worker(threading.Thread):
         self.retry_after = 0.0  # monotonic time before which no new work is handed over
         self.timed_out = False
         self.queued_jobs = 0
+        self.verdicts: queue.SimpleQueue[Verdict] = queue.SimpleQueue()
 
     def run(self) -> None:
         try:
@@ -85,6 +102,11 @@ class Worker(threading.Thread):
                 break
             try:
                 self._one(task)
+            except (sqlite3.Error, OSError) as exc:  # the ledger's or the folders' disk, not the file
+                log.error(
+                    "cannot work on the folders now (%s); retrying in %.0f s", exc, self.setup.cfg.daemon.pause_seconds
+                )
+                self.retry_after = time.monotonic() + self.setup.cfg.daemon.pause_seconds
             except Exception:  # a bug must not end the thread: the daemon would hang, busy forever
                 log.exception("unexpected error; the job stays queued and is retried")
                 self.retry_after = time.monotonic() + self.setup.cfg.daemon.pause_seconds
@@ -92,11 +114,13 @@ class Worker(threading.Thread):
                 self.current = None
                 self.busy = False
                 self.done.set()  # wake the main loop: the next file is handed over now, not next tick
+        self.jobs.close()
         self.ledger.close()
 
     def replace(self, setup: Setup) -> None:
         """Use a reloaded setup; only called while the worker is idle."""
         self.setup = setup
+        self.jobs.close()
         self.jobs = Jobs(setup.cfg, setup.folders, self.ledger, setup.engine)
 
     def _one(self, path: Path) -> None:
@@ -104,11 +128,15 @@ class Worker(threading.Thread):
         self.timed_out = False
         queued = self.jobs.queued()
         if queued:
-            job_id: int | None = queued[0]
-        else:
-            job_id = self.jobs.claim(path) if path.name else None
-        if job_id is None:
+            job_id = queued[0]
+        elif not path.name:
             return
+        else:
+            try:
+                job_id = self.jobs.claim(path.name)
+            except Refused as exc:
+                self.verdicts.put(Verdict(path.name, exc.reason, exc.retry))
+                return
         job = self.ledger.get(job_id)
         assert job is not None
         self.current, self.started_at, self.fraction = job.name, time.monotonic(), 0.0
@@ -124,6 +152,8 @@ class Worker(threading.Thread):
 
         try:
             self.jobs.run(job_id, self.cancel, progress)
+        except Withdrawn as exc:
+            self.verdicts.put(Verdict(exc.name, exc.reason, retry=exc.until is None, until=exc.until))
         except Cancelled:
             if self.timed_out:
                 self.jobs.fail(job_id, f"time limit of {self.setup.cfg.daemon.file_timeout:g} s exceeded", "timeout")
@@ -132,6 +162,9 @@ class Worker(threading.Thread):
         except FileError as exc:  # transient: disk full and the like
             self.retry_after = time.monotonic() + self.setup.cfg.daemon.pause_seconds
             log.warning("%s: %s; kept for a retry in %.0f s", job.name, exc.reason, self.setup.cfg.daemon.pause_seconds)
+        except sqlite3.Error:
+            self.retry_after = time.monotonic() + self.setup.cfg.daemon.pause_seconds
+            raise
         except OSError as exc:
             # The folders themselves misbehave (e.g. disk full while moving); nothing is lost,
             # the job goes back to the queue (the attempt counts, as a crash's would).
@@ -159,6 +192,9 @@ class Service:
         self.hup = threading.Event()
         self.notifier = Notifier()
         self._status = ""
+        self.locks = FolderLocks()
+        self._ledger_id: tuple[int, int] | None = None
+        self.exit_code = ExitCode.OK
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
         (self.hup if signum == signal.SIGHUP else self.stop).set()
@@ -166,6 +202,7 @@ class Service:
     def _load(self, cfg: Config | None = None, engine: Engine | None = None) -> Setup:
         cfg = cfg or load_config(self.config_path, self.overrides)
         folders = prepare(cfg.paths)
+        self.locks.hold(folders)  # before the model loads: a second daemon refuses at once
         return Setup(cfg, folders, engine or Engine(cfg))
 
     def set_status(self, text: str) -> None:
@@ -182,6 +219,7 @@ class Service:
         worker.ready.wait()
         if worker.failed_start is not None:
             raise worker.failed_start
+        self._ledger_id = _file_id(setup.folders.ledger)
         arrivals = Arrivals(setup.folders.incoming, setup.cfg.watch)
         arrivals.start()
         log.info(
@@ -201,8 +239,35 @@ class Service:
         interval = self.notifier.watchdog_interval()
         last_ping = 0.0
         paused_until = 0.0
+        last_tick = next_ledger_check = time.monotonic()
         while not self.stop.is_set():
             now = time.monotonic()
+            if now - last_tick > STALL:
+                # Stopped (SIGSTOP) or asleep: the file in progress did not use that time.
+                log.info(
+                    "the daemon did not run for %.0f s (stopped or asleep); not counted against the time limit",
+                    now - last_tick,
+                )
+                worker.started_at += now - last_tick
+                worker.last_progress = now
+            last_tick = now
+            if now >= next_ledger_check:
+                next_ledger_check = now + LEDGER_CHECK
+                if _file_id(setup.folders.ledger) != self._ledger_id:
+                    log.error(
+                        "the ledger %s was deleted or replaced while running; stopping (a restart begins a new"
+                        " one, and what it no longer knows may be processed again)",
+                        setup.folders.ledger,
+                    )
+                    self.exit_code = ExitCode.SETUP
+                    self.stop.set()
+                    break
+            while not worker.verdicts.empty():
+                verdict = worker.verdicts.get()
+                if verdict.retry:
+                    arrivals.unsettle(verdict.name)
+                else:
+                    arrivals.hold(verdict.name, verdict.reason, verdict.until)
             if (
                 interval
                 and now - last_ping >= interval / 2
@@ -244,9 +309,10 @@ class Service:
                 arrivals.forget(task)
                 return 0.0
         short = space_short(setup.cfg, setup.folders, size)
-        if short:
-            self.set_status(f"paused: disk ({short})")
-            log.warning("paused: disk space low (%s); retrying in %.0f s", short, setup.cfg.daemon.pause_seconds)
+        problem = f"disk space low ({short})" if short else output_problem(setup.folders)
+        if problem:
+            self.set_status(f"paused: {'disk' if short else 'output'} ({short or problem})")
+            log.warning("paused: %s; retrying in %.0f s", problem, setup.cfg.daemon.pause_seconds)
             return now + setup.cfg.daemon.pause_seconds
         # The time limit and the watchdog count from now: until the worker has claimed the file,
         # started_at would be the previous job's (or 0.0 at first) and trip the limit at once.
@@ -307,5 +373,14 @@ class Service:
             log.error("worker did not stop; exiting anyway")
             logging.shutdown()
             os._exit(ExitCode.INTERNAL)
+        self.locks.release()
         log.info("stopped")
-        return ExitCode.OK
+        return self.exit_code
+
+
+def _file_id(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino

@@ -43,6 +43,9 @@ class _Entry:
     mtime_ns: int
     stable_since: float
     open_writers: int = 0
+    ctime_ns: int = 0
+    held: bool = False  # refused or given back: not offered again until it changes (or `held_until`)
+    held_until: float | None = None
 
 
 class _Handler(FileSystemEventHandler):
@@ -130,6 +133,24 @@ class Arrivals:
     def forget(self, path: Path) -> None:
         self._entries.pop(path.name, None)
 
+    def hold(self, name: str, reason: str, until: float | None = None) -> None:
+        """Do not offer `name` again until it changes, or until wall-clock time `until`; says why once."""
+        try:
+            st = os.lstat(self.folder / name)
+        except OSError:
+            self._entries.pop(name, None)
+            return
+        # As it is now: giving a claim back unlinks a name, which moves ctime.
+        entry = _Entry(st.st_size, st.st_mtime_ns, self.clock(), ctime_ns=st.st_ctime_ns, held=True, held_until=until)
+        self._entries[name] = entry
+        self._report(name, reason)
+
+    def unsettle(self, name: str) -> None:
+        """Start `name`'s settle time again (it turned out to be still written)."""
+        entry = self._entries.get(name)
+        if entry is not None:
+            entry.stable_since = self.clock()
+
     def _look(self, name: str, writers: int, evented: bool, now: float) -> _Entry | None:
         if not self.wanted(name):
             self._entries.pop(name, None)
@@ -159,13 +180,25 @@ class Arrivals:
             return None
         entry = self._entries.get(name)
         if entry is None:
-            entry = _Entry(st.st_size, st.st_mtime_ns, now)
+            entry = _Entry(st.st_size, st.st_mtime_ns, now, ctime_ns=st.st_ctime_ns)
             self._entries[name] = entry
-        elif (entry.size, entry.mtime_ns) != (st.st_size, st.st_mtime_ns):
-            entry.size, entry.mtime_ns, entry.stable_since = st.st_size, st.st_mtime_ns, now
+        elif (entry.size, entry.mtime_ns, entry.ctime_ns) != (st.st_size, st.st_mtime_ns, st.st_ctime_ns):
+            entry.size, entry.mtime_ns, entry.ctime_ns, entry.stable_since = (
+                st.st_size,
+                st.st_mtime_ns,
+                st.st_ctime_ns,
+                now,
+            )
+            if entry.held:  # changed (rewritten, chmod-ed, ...): worth another look, and another report
+                entry.held, entry.held_until = False, None
+                self._reported.discard(name)
         entry.open_writers = max(0, entry.open_writers + writers)
         if writers:
             entry.stable_since = now
+        if entry.held:
+            if entry.held_until is None or time.time() < entry.held_until:
+                return None
+            entry.held, entry.held_until = False, None
         return entry
 
     def _report(self, name: str, what: str) -> None:

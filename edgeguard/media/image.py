@@ -256,9 +256,9 @@ def read_image(path: Path, *, max_pixels: int) -> Image:
     # libjpeg pads a cut-off JPEG with grey and calls it a success; insist on
     # the end-of-image marker (FF D9 cannot occur inside entropy-coded data).
     if header.fmt == "jpeg" and data.find(b"\xff\xd9", header.data_start) < 0:
-        raise InputError(path, "truncated JPEG (no end-of-image marker)", stage="decode")
+        raise InputError(path, "truncated JPEG (no end-of-image marker)", stage="decode", incomplete=True)
     if header.fmt == "png" and data.rfind(b"IEND") < 0:
-        raise InputError(path, "truncated PNG (no IEND chunk)", stage="decode")
+        raise InputError(path, "truncated PNG (no IEND chunk)", stage="decode", incomplete=True)
     # UNCHANGED keeps alpha; it also skips OpenCV's own EXIF rotation, which
     # `_orient` does instead, identically for every format.
     try:

@@ -178,7 +178,7 @@ def _open_input(path: Path) -> InputContainer:
         # "replace": odd bytes in a tag must not make a valid video unreadable.
         return av.open(os.fspath(path), "r", metadata_errors="replace")
     except av.error.FFmpegError as exc:
-        raise InputError(path, f"not a readable media file ({_ffmpeg_reason(exc)})") from exc
+        raise InputError(path, f"not a readable media file ({_ffmpeg_reason(exc)})", incomplete=True) from exc
     except OSError as exc:
         raise InputError(path, f"cannot open file: {exc.strerror or exc}") from exc
 
@@ -386,6 +386,7 @@ class VideoReader:
                 self.path,
                 f"truncated: the container declares {declared} frames but only {packets} could be read",
                 stage="decode",
+                incomplete=True,
             )
         if failed is not None:
             log.warning("%s: ignored a damaged last packet", self.path)

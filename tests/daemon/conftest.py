@@ -197,7 +197,8 @@ class Daemon:
             "detector": {"model": "yolox_nano"},
             "video": {"preset": "ultrafast"},
             "paths": {name: str(root / name) for name in FOLDERS},
-            "watch": {"settle_seconds": 0.5, "rescan_seconds": 1.0},
+            # incomplete_seconds 0: a cut-short test file fails at once (writer tests raise it).
+            "watch": {"settle_seconds": 0.5, "rescan_seconds": 1.0, "incomplete_seconds": 0},
             "daemon": {"min_free_mb": 1, "stop_grace": 5.0, "pause_seconds": 1.0},
             "logging": {"level": "info"},
         }

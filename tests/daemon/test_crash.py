@@ -215,11 +215,11 @@ def test_a_move_cut_short_is_finished_once_by_recovery(
     city = media("city.jpg")
     if step == "duplicate":  # the same content, done earlier under another name
         (f.incoming / "first.jpg").write_bytes(city.read_bytes())
-        first = jobs.claim(f.incoming / "first.jpg")
+        first = jobs.claim("first.jpg")
         assert first is not None
         _drain(jobs)
     (f.incoming / "a.jpg").write_bytes(city.read_bytes())
-    job_id = jobs.claim(f.incoming / "a.jpg")
+    job_id = jobs.claim("a.jpg")
     assert job_id is not None
     if step == "fail":
         jobs.ledger.update(job_id, attempts=2)  # a poison file: it goes straight to failed

@@ -1,0 +1,170 @@
+"""Taking a file from the incoming folder without trusting anything in it.
+
+The incoming folder is written by other users, so between two looks at a name
+anything may have been swapped in. The rules:
+
+- a name is only ever opened with ``O_NOFOLLOW`` relative to the folder's own
+  descriptor, and what was opened is judged by ``fstat``, never by the name;
+- a file is taken only while no process has it open for writing (a read lease,
+  which the kernel refuses while any writer exists; /proc where leases are not
+  allowed);
+- taking it is a hard link into the private work folder: the name in incoming
+  stays, so a writer that reopens it later appends to the very file being
+  worked on, and the change is seen before anything is published. The link is
+  checked to be the inode that was opened; anything else is unlinked again.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import logging
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+from edgeguard.daemon.folders import candidate_names
+
+log = logging.getLogger(__name__)
+
+_OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What a claimed file was when it was claimed; a change in any of these is a change of content."""
+
+    dev: int
+    ino: int
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+
+    @classmethod
+    def of(cls, st: os.stat_result) -> Snapshot:
+        return cls(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+    def same_file(self, st: os.stat_result) -> bool:
+        return (self.dev, self.ino) == (st.st_dev, st.st_ino)
+
+    def unchanged(self, st: os.stat_result) -> bool:
+        return self == Snapshot.of(st)
+
+
+class Refused(Exception):
+    """The file cannot be taken now; `reason` is one line, `retry` says whether waiting may help."""
+
+    def __init__(self, reason: str, *, retry: bool = False) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.retry = retry
+
+
+def open_regular(name: str, dir_fd: int) -> tuple[int, os.stat_result]:
+    """Open `name` in the folder `dir_fd` for reading, never through a link; Refused unless a regular file."""
+    try:
+        fd = os.open(name, _OPEN_FLAGS, dir_fd=dir_fd)
+    except FileNotFoundError:
+        raise Refused("vanished", retry=True) from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise Refused("a symlink, not a regular file (never followed)") from None
+        raise Refused(f"cannot open: {exc.strerror or exc}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise Refused("not a regular file (never read)")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, st
+
+
+def being_written(fd: int, st: os.stat_result) -> bool:
+    """Whether any process has the file open for writing."""
+    try:
+        # The kernel grants a read lease only while nobody has the file open for writing.
+        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_RDLCK)
+    except OSError as exc:
+        if exc.errno in (errno.EAGAIN, errno.EBUSY):
+            return True
+        # Not the owner and no CAP_LEASE, or a filesystem without leases: look in /proc instead.
+        return _open_for_writing_in_proc(st)
+    fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
+    return False
+
+
+def _open_for_writing_in_proc(st: os.stat_result) -> bool:
+    """Scan /proc for a descriptor on this inode opened for writing (only processes we may inspect)."""
+    me = os.getpid()
+    try:
+        pids = [int(p) for p in os.listdir("/proc") if p.isdigit() and int(p) != me]
+    except OSError:
+        return False
+    for pid in pids:
+        fd_dir = f"/proc/{pid}/fd"
+        try:
+            fds = os.listdir(fd_dir)
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                target = os.stat(f"{fd_dir}/{fd}")
+            except OSError:
+                continue
+            if (target.st_dev, target.st_ino) != (st.st_dev, st.st_ino):
+                continue
+            try:
+                with open(f"/proc/{pid}/fdinfo/{fd}", encoding="ascii") as info:
+                    flags = next((int(line.split()[1], 8) for line in info if line.startswith("flags:")), 0)
+            except (OSError, ValueError):
+                return True  # it has the file open and we cannot tell how: assume writing
+            if flags & os.O_ACCMODE in (os.O_WRONLY, os.O_RDWR):
+                return True
+    return False
+
+
+def link_into(name: str, dir_fd: int, work: Path, expect: os.stat_result) -> None:
+    """Hard-link incoming `name` as `work` (a path in the private work folder); Refused if not `expect`'s inode."""
+    try:
+        os.link(name, work, src_dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        raise Refused("vanished", retry=True) from None
+    except OSError as exc:
+        if exc.errno == errno.EPERM:
+            raise Refused(
+                "cannot take it: the daemon may not hard-link a file it cannot write"
+                " (fs.protected_hardlinks); let the daemon's group write uploads (umask 002)"
+            ) from None
+        raise
+    got = work.lstat()
+    if not Snapshot.of(expect).same_file(got):
+        # Swapped between the open and the link: what was linked is not what was checked.
+        work.unlink()
+        raise Refused("replaced while being taken (not followed)", retry=True)
+
+
+def release(name: str, dir_fd: int, snapshot: Snapshot, holding: Path) -> bool:
+    """Take incoming `name` away if it is still the claimed file; True if it was.
+
+    It is first renamed to `holding` (in the private work folder) and only then
+    compared, so a different file that arrived under the name meanwhile is never
+    deleted: it is put back under a free name.
+    """
+    try:
+        os.rename(name, holding, src_dir_fd=dir_fd)
+    except FileNotFoundError:
+        return False
+    if snapshot.same_file(holding.lstat()):
+        holding.unlink()
+        return True
+    for candidate in candidate_names(name):
+        try:
+            os.link(holding, candidate, dst_dir_fd=dir_fd, follow_symlinks=False)
+        except FileExistsError:
+            continue
+        holding.unlink()
+        log.warning("%s arrived while its namesake was processed; kept as %s", name, candidate)
+        return False
+    raise OSError(errno.EEXIST, f"no free name for {name} in incoming")
