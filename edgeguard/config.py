@@ -138,6 +138,12 @@ class TemporalConfig(Section):
 class MediaConfig(Section):
     # Refuse frames larger than this before decoding them (decompression bombs).
     max_pixels: Annotated[int, Field(ge=1)] = 8192 * 8192
+    # Refuse inputs whose one decoded frame takes more memory than this (MiB), at the file's own
+    # sample depth: a 16-bit RGBA PNG takes 8 bytes per pixel, a video frame 3 (6 above 8 bits).
+    max_frame_mb: Annotated[int, Field(ge=1)] = 256
+    # Refuse videos of more frames than this (2 h at 30 fps): a flood of tiny frames costs
+    # per-frame work however small they are. Checked from the header and while decoding.
+    max_frames: Annotated[int, Field(ge=1)] = 216_000
     image_quality: Annotated[int, Field(ge=1, le=100)] = 95
 
 

@@ -159,7 +159,9 @@ class Engine:
         )
 
     def _image(self, src: Path, tmp: Path, suffix: str, observe: Observer | None) -> tuple[int, int]:
-        img = image_io.read_image(src, max_pixels=self.cfg.media.max_pixels)
+        img = image_io.read_image(
+            src, max_pixels=self.cfg.media.max_pixels, max_frame_bytes=self.cfg.media.max_frame_mb << 20
+        )
         # A photo is a keyframe nothing else will look at: it looks as hard as one.
         det = self._detect(img, src, stands_in=True)
         mask = self._rasterize(det, img.shape[1], img.shape[0])
@@ -192,7 +194,12 @@ class Engine:
             found += len(det)
             return det
 
-        with video_io.VideoReader(src, max_pixels=self.cfg.media.max_pixels) as reader:
+        with video_io.VideoReader(
+            src,
+            max_pixels=self.cfg.media.max_pixels,
+            max_frame_bytes=self.cfg.media.max_frame_mb << 20,
+            max_frames=self.cfg.media.max_frames,
+        ) as reader:
             total = reader.info.frames
             with video_io.VideoWriter(
                 tmp,

@@ -50,6 +50,8 @@ class _Header:
     height: int
     orientation: int = 1  # EXIF orientation 1..8
     data_start: int = 0  # JPEG: offset of the first scan, for the truncation check
+    # Bytes per decoded pixel at the file's own sample depth (16-bit PNG: up to 8).
+    pixel_bytes: int = 4
 
 
 def _read_exact(f: BinaryIO, n: int) -> bytes:
@@ -119,8 +121,11 @@ def _png_header(f: BinaryIO) -> _Header:
     length, kind = struct.unpack(">I4s", _read_exact(f, 8))
     if kind != b"IHDR" or length < 8:
         raise _BadHeaderError("PNG without IHDR")
-    width, height = struct.unpack(">II", _read_exact(f, 8))
-    f.seek(length - 8 + 4, os.SEEK_CUR)  # rest of IHDR and its CRC
+    width, height, depth, color = struct.unpack(">IIBB", _read_exact(f, 10))
+    f.seek(length - 10 + 4, os.SEEK_CUR)  # rest of IHDR and its CRC
+    # Grey, -, RGB, palette (decoded to RGB), grey+alpha, -, RGBA.
+    channels = {0: 1, 2: 3, 3: 3, 4: 2, 6: 4}.get(color, 4)
+    pixel_bytes = channels * (2 if depth == 16 and color != 3 else 1)
     orientation = 1
     # eXIf belongs before the image data; stop there.
     while True:
@@ -135,7 +140,7 @@ def _png_header(f: BinaryIO) -> _Header:
             f.seek(4, os.SEEK_CUR)
         else:
             f.seek(length + 4, os.SEEK_CUR)
-    return _Header("png", width, height, orientation)
+    return _Header("png", width, height, orientation, pixel_bytes=pixel_bytes)
 
 
 def _webp_header(f: BinaryIO, file_size: int) -> _Header:
@@ -229,11 +234,12 @@ def _to_bgr(path: Path, image: npt.NDArray[np.integer[Any] | np.floating[Any]]) 
     raise InputError(path, f"unsupported channel layout {image.shape}", stage="decode")
 
 
-def read_image(path: Path, *, max_pixels: int) -> Image:
+def read_image(path: Path, *, max_pixels: int, max_frame_bytes: int | None = None) -> Image:
     """Decode an image to HxWx3 BGR (HxWx4 BGRA if it has alpha), EXIF orientation applied.
 
     Raises InputError for a missing, empty, truncated or undecodable file, and
-    for dimensions above `max_pixels` (checked from the header, before decoding).
+    for dimensions above `max_pixels` or a decoded picture above `max_frame_bytes`
+    at the file's own sample depth (both checked from the header, before decoding).
     """
     file_size = check_input(path)
     try:
@@ -248,6 +254,13 @@ def read_image(path: Path, *, max_pixels: int) -> Image:
         raise InputError(
             path,
             f"absurd dimensions {header.width}x{header.height} exceed media.max_pixels={max_pixels}",
+        )
+    decoded_bytes = header.width * header.height * header.pixel_bytes
+    if max_frame_bytes is not None and decoded_bytes > max_frame_bytes:
+        raise InputError(
+            path,
+            f"decoding {header.width}x{header.height} at {header.pixel_bytes} bytes per pixel takes"
+            f" {decoded_bytes >> 20} MiB, over media.max_frame_mb={max_frame_bytes >> 20}",
         )
     try:
         data = path.read_bytes()

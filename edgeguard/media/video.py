@@ -31,6 +31,7 @@ from av.packet import Packet
 from av.sidedata.sidedata import SideDataContainer
 from av.sidedata.sidedata import Type as SideDataType
 from av.stream import Disposition
+from av.video.codeccontext import VideoCodecContext
 from av.video.frame import VideoFrame
 from av.video.reformatter import ColorRange, Colorspace
 from av.video.stream import VideoStream
@@ -183,12 +184,21 @@ def _open_input(path: Path) -> InputContainer:
         raise InputError(path, f"cannot open file: {exc.strerror or exc}") from exc
 
 
-def _video_stream(container: InputContainer) -> VideoStream | None:
+def _video_streams(container: InputContainer) -> list[VideoStream]:
     # Cover art in MP4/MKV is a one-picture "video" stream; it is not the video.
-    for stream in container.streams.video:
-        if not stream.disposition & Disposition.attached_pic:
-            return stream
-    return None
+    return [s for s in container.streams.video if not s.disposition & Disposition.attached_pic]
+
+
+def _video_stream(container: InputContainer) -> VideoStream | None:
+    streams = _video_streams(container)
+    return streams[0] if streams else None
+
+
+def _pixel_bytes(ctx: VideoCodecContext) -> int:
+    """Bytes per pixel of a decoded frame as held (BGR), doubled for deeper than 8-bit sources."""
+    fmt = ctx.format
+    bits = max((c.bits for c in fmt.components), default=8) if fmt is not None else 8
+    return 3 * (2 if bits > 8 else 1)
 
 
 def _audio_stream(container: InputContainer) -> AudioStream | None:
@@ -219,8 +229,18 @@ class VideoReader:
     stream from which no frame decodes.
     """
 
-    def __init__(self, path: Path, *, max_pixels: int, threads: int = 0) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        max_pixels: int,
+        threads: int = 0,
+        max_frame_bytes: int | None = None,
+        max_frames: int | None = None,
+    ) -> None:
         self.path = path
+        self.max_frame_bytes = max_frame_bytes
+        self.max_frames = max_frames
         self._consumed = False
         self._decoded: Generator[tuple[VideoFrame, int | None]] | None = None
         self._first: tuple[VideoFrame, int | None] | None = None
@@ -233,9 +253,13 @@ class VideoReader:
             raise
 
     def _probe(self, container: InputContainer, max_pixels: int, threads: int) -> VideoInfo:
-        stream = _video_stream(container)
-        if stream is None:
+        streams = _video_streams(container)
+        if not streams:
             raise InputError(self.path, "no video stream")
+        if len(streams) > 1:
+            # Protecting one and dropping the others unseen would lose them with the original.
+            raise InputError(self.path, f"{len(streams)} video streams; only files with one video stream are taken")
+        stream = streams[0]
         ctx = stream.codec_context
         if ctx is None:
             raise InputError(self.path, "unsupported video codec (no decoder available)")
@@ -243,6 +267,17 @@ class VideoReader:
         if width <= 0 or height <= 0:
             raise InputError(self.path, f"invalid video dimensions {width}x{height}")
         self._check_pixels(width, height, max_pixels)
+        frame_bytes = width * height * _pixel_bytes(ctx)
+        if self.max_frame_bytes is not None and frame_bytes > self.max_frame_bytes:
+            raise InputError(
+                self.path,
+                f"a {width}x{height} frame takes {frame_bytes >> 20} MiB decoded,"
+                f" over media.max_frame_mb={self.max_frame_bytes >> 20}",
+            )
+        if self.max_frames is not None and stream.frames > self.max_frames:
+            raise InputError(
+                self.path, f"the container declares {stream.frames} frames, over media.max_frames={self.max_frames}"
+            )
         ctx.thread_count = threads  # 0 lets FFmpeg pick one thread per core
         # Defence in depth: FFmpeg itself refuses a later frame bigger than the limit.
         ctx.options = {**ctx.options, "max_pixels": str(max_pixels)}
@@ -365,6 +400,8 @@ class VideoReader:
                             stage="decode",
                         )
                     packets += 1
+                    if self.max_frames is not None and packets > self.max_frames:
+                        raise InputError(self.path, f"more than media.max_frames={self.max_frames} frames")
                     if slots is not None and packet.size:
                         slots.append(packet.dts)
                 try:

@@ -306,3 +306,17 @@ def test_webp_header_sizes(tmp_path: Path) -> None:
         with pytest.raises(InputError, match="absurd dimensions 200x120"):
             read_image(path, max_pixels=100)
         assert read_image(path, max_pixels=MAX_PIXELS).shape == (120, 200, 3)
+
+
+def test_memory_per_pixel_is_budgeted_from_the_header(tmp_path: Path) -> None:
+    """16-bit RGBA decodes to 8 bytes a pixel: the budget counts that, not only the pixel count."""
+    rgba16 = np.full((600, 800, 4), 40000, np.uint16)
+    deep = tmp_path / "deep.png"
+    assert cv2.imwrite(str(deep), rgba16)
+    budget = 600 * 800 * 8 - 1
+    with pytest.raises(InputError, match=r"at 8 bytes per pixel .* over media.max_frame_mb"):
+        read_image(deep, max_pixels=MAX_PIXELS, max_frame_bytes=budget)
+    # The same picture at 8 bits (4 bytes a pixel) fits the same budget.
+    shallow = tmp_path / "shallow.png"
+    assert cv2.imwrite(str(shallow), (rgba16 >> 8).astype(np.uint8))
+    assert read_image(shallow, max_pixels=MAX_PIXELS, max_frame_bytes=budget).shape == (600, 800, 4)

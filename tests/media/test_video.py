@@ -503,3 +503,45 @@ def test_writer_rejects_a_wrong_image_size(tmp_path: Path) -> None:
         ):
             writer.write(frame, frame.image[:100])
     assert not (tmp_path / "o.mp4").exists()
+
+
+def test_a_second_video_stream_is_refused_not_dropped(tmp_path: Path) -> None:
+    """Protecting one stream and dropping the other would lose it with the original (a black first stream)."""
+    path = tmp_path / "two.mkv"
+    with av.open(str(path), "w") as out:
+        streams = [out.add_stream("libx264", rate=25, options={"preset": "ultrafast"}) for _ in range(2)]
+        for s in streams:
+            s.width, s.height, s.pix_fmt = 64, 48, "yuv420p"
+        for i in range(5):
+            for k, s in enumerate(streams):
+                frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), 200 * k, np.uint8), format="bgr24")
+                frame.pts = i
+                out.mux(s.encode(frame))
+        for s in streams:
+            out.mux(s.encode(None))
+    assert "2 video streams" in expect_input_error(path).reason
+
+
+def test_frame_count_budget_from_header_and_while_decoding(tmp_path: Path) -> None:
+    """A flood of tiny frames costs per-frame work: media.max_frames stops it, declared or not."""
+    mp4 = synthetic_clip(tmp_path / "flood.mp4", width=16, height=16, pts_ms=[40 * i for i in range(30)])
+    with pytest.raises(InputError, match=r"declares 30 frames, over media.max_frames=20"):
+        VideoReader(mp4, max_pixels=MAX_PIXELS, max_frames=20)
+    ts = tmp_path / "flood.ts"  # MPEG-TS declares no frame count: the decoder counts
+    remux(mp4, ts)
+    with (
+        pytest.raises(InputError, match=r"more than media.max_frames=20"),
+        VideoReader(ts, max_pixels=MAX_PIXELS, max_frames=20) as reader,
+    ):
+        for _ in reader.frames():
+            pass
+    with VideoReader(ts, max_pixels=MAX_PIXELS, max_frames=30) as reader:
+        assert sum(1 for _ in reader.frames()) == 30
+
+
+def test_frame_memory_budget(tmp_path: Path) -> None:
+    clip_ = synthetic_clip(tmp_path / "c.mp4", width=320, height=240, pts_ms=[0, 40])
+    with pytest.raises(InputError, match=r"takes 0 MiB decoded, over media.max_frame_mb"):
+        VideoReader(clip_, max_pixels=MAX_PIXELS, max_frame_bytes=320 * 240 * 3 - 1)
+    with VideoReader(clip_, max_pixels=MAX_PIXELS, max_frame_bytes=320 * 240 * 3) as reader:
+        assert reader.info.width == 320
