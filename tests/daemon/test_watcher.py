@@ -229,3 +229,25 @@ def test_names_the_daemon_cannot_carry_are_skipped_and_reported_once(
     messages = [r.getMessage() for r in caplog.records]
     assert sum(f"{MAX_NAME_BYTES + 1} bytes long" in m for m in messages) == 1, messages
     assert sum("not valid UTF-8" in m for m in messages) == 1, messages
+
+
+def test_a_held_file_waits_until_it_changes_or_its_time_comes(tmp_path: Path, clock: Clock) -> None:
+    """Refused (unreadable) or given back (cut short): not offered again and again ahead of the rest."""
+    a, b = tmp_path / "a.mp4", tmp_path / "b.mp4"
+    a.write_bytes(b"x" * 10)
+    b.write_bytes(b"y" * 10)
+    w = arrivals(tmp_path, clock)
+    at(w, clock, 0.0)
+    assert at(w, clock, SETTLE) == ["a.mp4", "b.mp4"]
+    w.hold("a.mp4", "cannot open: Permission denied")
+    assert at(w, clock, SETTLE + 100) == ["b.mp4"]
+    a.chmod(0o600)  # fixed: ctime moves, it is looked at again after settling
+    assert at(w, clock, SETTLE + 101) == ["b.mp4"]
+    assert at(w, clock, SETTLE * 2 + 101) == ["b.mp4", "a.mp4"], "oldest settled first"
+    # Held until a time (a video cut short, waiting for its writer): offered again then.
+    w.hold("b.mp4", "cut short", until=time.time() + 0.3)
+    assert at(w, clock, 200) == ["a.mp4"]
+    time.sleep(0.35)
+    assert sorted(at(w, clock, 201)) == ["a.mp4", "b.mp4"]
+    w.unsettle("a.mp4")
+    assert at(w, clock, 201) == ["b.mp4"]
