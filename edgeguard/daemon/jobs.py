@@ -396,6 +396,15 @@ class Jobs:
             log.info("job %d (%s): was being failed before a crash; finishing", job.id, job.name)
             self._fail(job.id, Path(job.work_path), job.reason, job.stage or "recover")
             return
+        snap = _snapshot(job)
+        try:
+            here = os.stat(job.name, dir_fd=self.incoming_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            here = None
+        if snap is not None and here is not None and snap.same_file(here) and not job.output:
+            # Being given back to incoming (withdrawn) when the crash came: it is there, unharmed.
+            self.ledger.update(job.id, state=L.WITHDRAWN, reason="given back to incoming before a crash")
+            return
         if job.state == L.QUEUED and job.output:  # a duplicate, its original disposed of per policy
             log.info("job %d (%s): duplicate, disposed of before a crash; finishing", job.id, job.name)
             self.ledger.update(job.id, state=L.DUPLICATE, final_path=str(final) if final else None)
