@@ -196,7 +196,8 @@ class Jobs:
                 Path(result.output).unlink(missing_ok=True)
                 raise Changed(why)
         except Changed as exc:
-            raise self._withdraw(job, f"{exc} while being processed; taken again once it settles", None) from None
+            reason = f"{exc} while being processed; taken again once it settles"
+            raise self._withdraw(job, snapshot, reason, None) from None
         except Cancelled as exc:
             # A rollback, not a crash: the attempt does not count toward max_attempts.
             self.ledger.update(job_id, state=L.QUEUED, attempts=job.attempts, reason=exc.reason)
@@ -209,7 +210,7 @@ class Jobs:
             if isinstance(exc, InputError) and exc.incomplete and time.time() < young:
                 # Perhaps a writer paused longer than settle_seconds: give it time to come back.
                 reason = f"{exc.reason}; left in incoming until it changes or for {young - time.time():.0f} s"
-                raise self._withdraw(job, reason, young) from None
+                raise self._withdraw(job, snapshot, reason, young) from None
             return self._fail(job_id, work, exc.reason, exc.stage)
         except OSError as exc:
             return self._fail(job_id, work, f"cannot read: {exc.strerror or exc}", "read")
@@ -228,15 +229,14 @@ class Jobs:
         self._dispose_original(job_id, work, job.name, L.DONE)
         return L.DONE
 
-    def _withdraw(self, job: L.Job, reason: str, until: float | None) -> Withdrawn:
+    def _withdraw(self, job: L.Job, snapshot: Snapshot, reason: str, until: float | None) -> Withdrawn:
         """Give a job back to incoming (where its writer may still be adding to it); nothing is published."""
         work = Path(job.work_path)
         try:
             here = os.stat(job.name, dir_fd=self.incoming_fd, follow_symlinks=False)
         except FileNotFoundError:
             here = None
-        snap = _snapshot(job)
-        if here is not None and snap is not None and snap.same_file(here):
+        if here is not None and snapshot.same_file(here):
             work.unlink(missing_ok=True)  # the name in incoming still holds it
         elif work.exists():
             move_noclobber(work, self.folders.incoming, job.name)

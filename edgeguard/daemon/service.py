@@ -43,7 +43,7 @@ class Verdict:
     """What the worker learnt about a file in incoming, for the main loop's arrivals."""
 
     name: str
-    reason: str
+    reason: str | None  # to log once (None: the worker logged it)
     retry: bool  # still being written: settle it again; else hold it until it changes (or `until`)
     until: float | None = None
 
@@ -153,7 +153,7 @@ class Worker(threading.Thread):
         try:
             self.jobs.run(job_id, self.cancel, progress)
         except Withdrawn as exc:
-            self.verdicts.put(Verdict(exc.name, exc.reason, retry=exc.until is None, until=exc.until))
+            self.verdicts.put(Verdict(exc.name, None, retry=exc.until is None, until=exc.until))
         except Cancelled:
             if self.timed_out:
                 self.jobs.fail(job_id, f"time limit of {self.setup.cfg.daemon.file_timeout:g} s exceeded", "timeout")

@@ -133,8 +133,8 @@ class Arrivals:
     def forget(self, path: Path) -> None:
         self._entries.pop(path.name, None)
 
-    def hold(self, name: str, reason: str, until: float | None = None) -> None:
-        """Do not offer `name` again until it changes, or until wall-clock time `until`; says why once."""
+    def hold(self, name: str, reason: str | None, until: float | None = None) -> None:
+        """Do not offer `name` again until it changes, or until wall-clock time `until`; logs `reason` once."""
         try:
             st = os.lstat(self.folder / name)
         except OSError:
@@ -143,7 +143,10 @@ class Arrivals:
         # As it is now: giving a claim back unlinks a name, which moves ctime.
         entry = _Entry(st.st_size, st.st_mtime_ns, self.clock(), ctime_ns=st.st_ctime_ns, held=True, held_until=until)
         self._entries[name] = entry
-        self._report(name, reason)
+        if reason is not None:
+            self._report(name, reason)
+        else:
+            self._reported.add(name)
 
     def unsettle(self, name: str) -> None:
         """Start `name`'s settle time again (it turned out to be still written)."""
