@@ -1,0 +1,810 @@
+"""A hostile incoming folder: the real daemon against writers, links, races and broken surroundings.
+
+The incoming folder is written by other users and programs. Whatever they do
+(write slowly, come back to a file, swap a symlink in, hard-link a file they
+keep elsewhere), no short or foreign output may be published, no valid file may
+be failed for it, and the daemon must stay up and responsive.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import random
+import re
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from types import TracebackType
+
+import av
+import cv2
+import numpy as np
+import pytest
+
+from tests.conftest import media
+from tests.daemon.conftest import (
+    START_TIMEOUT,
+    Clips,
+    Daemon,
+    faststart,
+    frame_count,
+    names,
+    regular_files,
+    sha256,
+    wait_until,
+)
+
+SETTLE = 1.0  # watch.settle_seconds of the writer tests
+PAUSE = 3.0  # a writer's pause between chunks: longer than SETTLE
+# A video cut short is left in incoming this long for its writer to come back (the harness fails it at once).
+WRITER_WATCH = {"settle_seconds": SETTLE, "incomplete_seconds": 300.0}
+WRITER_FRAMES = 185
+ACTIVE = ("claiming", "queued", "processing", "output_done")
+UNPRIVILEGED_USER = "egtest"
+
+
+# ------------------------------------------------------------------ helpers
+
+
+def pieces(data: bytes, count: int) -> list[bytes]:
+    """`data` cut into `count` chunks of about the same size."""
+    step = -(-len(data) // count)
+    return [data[i : i + step] for i in range(0, len(data), step)]
+
+
+class Watch:
+    """Polls output/ and failed/ in a thread: each output's decoded frame count as it first appeared.
+
+    An output is published whole (by a link or rename), so whatever is seen in
+    output/ is what a consumer would have taken; a short one must never be there,
+    not even for a moment.
+    """
+
+    def __init__(self, d: Daemon) -> None:
+        self.d = d
+        self._frames: dict[tuple[str, int], int] = {}  # (name, inode) -> frames (-1: does not decode)
+        self._failed: set[str] = set()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="output-watch", daemon=True)
+
+    def __enter__(self) -> Watch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        if self._thread.is_alive():
+            self._stop.set()
+            self._thread.join(timeout=30)
+        self.poll()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.poll()
+            time.sleep(0.05)
+
+    def poll(self) -> None:
+        failed = {n for n in names(self.d.failed) if not n.startswith(".")}
+        with self._lock:
+            self._failed |= failed
+        for name in names(self.d.output):
+            if name.startswith("."):  # the daemon's own probes, never an output
+                continue
+            path = self.d.output / name
+            try:
+                key = (name, path.lstat().st_ino)
+            except FileNotFoundError:
+                continue
+            with self._lock:
+                if key in self._frames:
+                    continue
+            try:
+                frames = frame_count(path)
+            except FileNotFoundError:
+                continue
+            except (OSError, ValueError, av.FFmpegError):
+                frames = -1
+            with self._lock:
+                self._frames[key] = frames
+
+    def failed(self) -> list[str]:
+        """Every name seen in failed/ so far."""
+        with self._lock:
+            return sorted(self._failed)
+
+    def short(self, full: int) -> dict[tuple[str, int], int]:
+        """Every output seen so far that did not decode to `full` frames."""
+        with self._lock:
+            return {k: v for k, v in self._frames.items() if v != full}
+
+
+def assert_processed_once(d: Daemon, src: Path, name: str, watch: Watch, timeout: float = 90.0) -> None:
+    """`src`, arrived as `name`, was published exactly once and whole; nothing failed, no byte lost.
+
+    Run with `daemon.originals: keep`, so the original the daemon took can be
+    compared with what the writer meant to write.
+    """
+    full, digest = frame_count(src), sha256(src)
+
+    def finished() -> bool:
+        d.assert_alive()
+        if watch.failed():
+            pytest.fail(f"landed in failed/: {watch.failed()}\n{d.log_tail()}")
+        if watch.short(full):
+            pytest.fail(f"published short: {watch.short(full)} (the file has {full} frames)\n{d.log_tail()}")
+        return any(j["state"] == "done" and j["sha256"] == digest for j in d.jobs())
+
+    wait_until(finished, timeout, f"{name} done with the whole file's sha256", 0.1, d.log_tail)
+    d.wait_idle(timeout=30)
+    watch.stop()
+    assert watch.short(full) == {}, f"an output with fewer than {full} frames appeared"
+    assert names(d.output) == [name]
+    assert frame_count(d.output / name) == full
+    jobs = d.jobs()
+    published = [j for j in jobs if j["state"] in ("done", "duplicate")]
+    assert [(j["name"], j["sha256"]) for j in published] == [(name, digest)], jobs
+    assert not [j for j in jobs if j["state"] == "failed"], jobs
+    assert names(d.failed) == [] and watch.failed() == []
+    assert sha256(d.processed / name) == digest, "the original kept is not the whole file"
+    assert names(d.work) == []
+
+
+def quiet(d: Daemon, timeout: float = 60.0) -> None:
+    """No job in progress and nothing in work, twice in a row a settle time apart."""
+
+    def calm() -> bool:
+        d.assert_alive()
+        return not names(d.work) and not any(j["state"] in ACTIVE for j in d.jobs())
+
+    for _ in range(2):
+        wait_until(calm, timeout, lambda: f"no job in progress (ledger {d.counts()})", 0.1, d.log_tail)
+        time.sleep(d.settings["watch"]["settle_seconds"] + 1.0)
+    wait_until(calm, timeout, lambda: f"no job in progress (ledger {d.counts()})", 0.1, d.log_tail)
+
+
+def two_video_streams(src: Path, dst: Path, count: int) -> Path:
+    """An MP4 with two H.264 video streams: the first all black, the second `src`'s first `count` frames."""
+    with av.open(os.fspath(src)) as inp, av.open(os.fspath(dst), "w") as out:
+        vin = inp.streams.video[0]
+        ctx = vin.codec_context
+        rate = vin.average_rate or Fraction(25)
+        streams = []
+        for _ in range(2):
+            stream = out.add_stream("libx264", rate=rate)
+            stream.width, stream.height, stream.pix_fmt = ctx.width, ctx.height, "yuv420p"
+            stream.codec_context.time_base = 1 / Fraction(rate)
+            stream.options = {"preset": "ultrafast"}
+            streams.append(stream)
+        black_rgb = np.zeros((ctx.height, ctx.width, 3), dtype=np.uint8)
+        written = 0
+        for frame in inp.decode(vin):
+            if written == count:
+                break
+            black = av.VideoFrame.from_ndarray(black_rgb, format="rgb24").reformat(format="yuv420p")
+            real = frame.reformat(format="yuv420p")
+            for stream, picture in zip(streams, (black, real), strict=True):
+                picture.pts, picture.time_base = written, stream.codec_context.time_base
+                out.mux(stream.encode(picture))
+            written += 1
+        for stream in streams:
+            out.mux(stream.encode(None))
+    assert written == count
+    return dst
+
+
+def swap_loop(folder: Path, regulars: dict[str, Path], target: Path, stop: threading.Event, seed: int) -> None:
+    """Until `stop`: each name in `folder` alternates between a hard link of its own regular file
+    (0.1-0.8 s, longer than a short settle time) and a symlink to `target` (0.01-0.3 s), each
+    switch one os.replace; ends with every name a symlink."""
+    rng = random.Random(seed)
+    now = time.monotonic()
+    is_link = dict.fromkeys(regulars, False)
+    switch_at = {name: now + rng.uniform(0.1, 0.8) for name in regulars}
+
+    def flip(name: str, now: float) -> None:
+        tmp = folder / f".{name}.swap"
+        if is_link[name]:
+            os.link(regulars[name], tmp)
+            switch_at[name] = now + rng.uniform(0.1, 0.8)
+        else:
+            os.symlink(target, tmp)
+            switch_at[name] = now + rng.uniform(0.01, 0.3)
+        os.replace(tmp, folder / name)
+        is_link[name] = not is_link[name]
+
+    while not stop.is_set():
+        now = time.monotonic()
+        for name in regulars:
+            if now >= switch_at[name]:
+                flip(name, now)
+        time.sleep(0.002)
+    for name in regulars:
+        if not is_link[name]:
+            flip(name, now)
+
+
+def image_size(path: Path) -> tuple[int, int] | None:
+    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    return None if img is None else (int(img.shape[1]), int(img.shape[0]))
+
+
+def exit_code(d: Daemon, timeout: float) -> int:
+    """The daemon's exit code; fails the test if it is still running after `timeout` seconds."""
+    assert d.proc is not None
+    try:
+        return d.proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"the daemon still runs {timeout:g} s later\n{d.log_tail()}")
+
+
+# ------------------------------------------------------------------ writers
+
+
+def test_writer_holding_the_file_open_from_before_the_start(daemon: Daemon, clips: Clips) -> None:
+    """The daemon starts after the writer opened the file, so it never saw the open: only the
+    open descriptor (not the pauses, three times the settle time) says the file is unfinished."""
+    d = daemon
+    d.configure(watch=WRITER_WATCH, daemon={"originals": "keep"})
+    src = clips.clip(0, WRITER_FRAMES, "vtest.avi")
+    chunks = pieces(src.read_bytes(), 4)
+    opened, started = threading.Event(), threading.Event()
+
+    def write() -> None:
+        with (d.incoming / "held.mp4").open("wb") as f:
+            f.write(chunks[0])
+            f.flush()
+            opened.set()
+            started.wait(START_TIMEOUT + 30)
+            for chunk in chunks[1:]:
+                time.sleep(PAUSE)
+                f.write(chunk)
+                f.flush()
+
+    writer = threading.Thread(target=write, name="held-writer", daemon=True)
+    writer.start()
+    try:
+        assert opened.wait(10)
+        d.start()
+    finally:
+        started.set()
+    with Watch(d) as watch:
+        writer.join()
+        assert_processed_once(d, src, "held.mp4", watch)
+    assert d.terminate(timeout=15) == 0
+
+
+def test_writer_reopening_a_faststart_file_for_each_chunk(daemon: Daemon, clips: Clips, tmp_path: Path) -> None:
+    """Each chunk is appended by a new open, so nothing is open between chunks and every pause
+    settles: the daemon takes a faststart MP4 (index first) cut short. It must see it is cut
+    short (the index promises more frames), publish nothing, and take the appends that reach the
+    name after a claim as a change of the file it works on."""
+    d = daemon
+    d.configure(watch=WRITER_WATCH, daemon={"originals": "keep"})
+    src = faststart(clips.clip(0, WRITER_FRAMES, "vtest.avi"), tmp_path / "fast.mp4")
+    d.start()
+    with Watch(d) as watch:
+        for i, chunk in enumerate(pieces(src.read_bytes(), 4)):
+            if i:
+                time.sleep(PAUSE)
+            with (d.incoming / "reopened.mp4").open("ab") as f:
+                f.write(chunk)
+        assert_processed_once(d, src, "reopened.mp4", watch)
+    assert d.terminate(timeout=15) == 0
+
+
+def test_ftp_style_writer_in_small_chunks(daemon: Daemon, clips: Clips) -> None:
+    """An FTP server: one descriptor, 64 KiB every 0.2 s, then closed."""
+    d = daemon
+    d.configure(watch=WRITER_WATCH, daemon={"originals": "keep"})
+    src = clips.clip(0, WRITER_FRAMES, "vtest.avi")
+    d.start()
+    with Watch(d) as watch:
+        with (d.incoming / "ftp.mp4").open("wb") as f:
+            for chunk in pieces(src.read_bytes(), -(-src.stat().st_size // (64 << 10))):
+                f.write(chunk)
+                f.flush()
+                time.sleep(0.2)
+        assert_processed_once(d, src, "ftp.mp4", watch)
+    assert d.terminate(timeout=15) == 0
+
+
+def test_part_upload_renamed_when_complete(daemon: Daemon, clips: Clips) -> None:
+    """NAME.mp4.part is never taken, even when it rests longer than the settle time; NAME.mp4 is."""
+    d = daemon
+    d.configure(watch=WRITER_WATCH, daemon={"originals": "keep"})
+    src = clips.clip(0, WRITER_FRAMES, "vtest.avi")
+    d.start()
+    part = d.incoming / "upload.mp4.part"
+    with Watch(d) as watch:
+        for chunk in pieces(src.read_bytes(), 3):
+            with part.open("ab") as f:
+                f.write(chunk)
+            time.sleep(PAUSE)
+        assert part.exists(), "the .part upload was taken"
+        assert d.jobs() == []
+        os.rename(part, d.incoming / "upload.mp4")
+        assert_processed_once(d, src, "upload.mp4", watch)
+    assert d.terminate(timeout=15) == 0
+
+
+def test_copy_from_another_filesystem(daemon: Daemon, clips: Clips) -> None:
+    """A copy from tmpfs writes the final name directly (no rename within one filesystem)."""
+    shm = Path("/dev/shm")
+    d = daemon
+    if not shm.is_dir() or shm.stat().st_dev == d.incoming.stat().st_dev:
+        pytest.skip("SKIPPED: no /dev/shm on a filesystem other than the incoming folder's")
+    d.configure(watch=WRITER_WATCH, daemon={"originals": "keep"})
+    src = clips.clip(0, WRITER_FRAMES, "vtest.avi")
+    fd, staged_name = tempfile.mkstemp(dir=shm, prefix="edgeguard-test-", suffix=".mp4")
+    os.close(fd)
+    staged = Path(staged_name)
+    try:
+        shutil.copyfile(src, staged)
+        d.start()
+        with Watch(d) as watch:
+            shutil.copyfile(staged, d.incoming / "copied.mp4")
+            assert_processed_once(d, src, "copied.mp4", watch)
+    finally:
+        staged.unlink(missing_ok=True)
+    assert d.terminate(timeout=15) == 0
+
+
+# ------------------------------------------------------------------ links and races
+
+
+@pytest.mark.parametrize("when", ["claimed", "decoding"])
+def test_hard_link_truncated_outside_after_the_claim(
+    daemon: Daemon, long_clip: Path, tmp_path: Path, when: str
+) -> None:
+    """The uploader keeps another name for the file and truncates it through that name right
+    after the claim, or once frames are being decoded: what the daemon publishes must be what it
+    claimed, never the shortened file recorded as done."""
+    d = daemon
+    d.configure(watch={"settle_seconds": SETTLE})
+    outside = tmp_path / "elsewhere" / "cam.mp4"
+    outside.parent.mkdir()
+    shutil.copyfile(long_clip, outside)
+    full, size = frame_count(long_clip), outside.stat().st_size
+    mark = d.start()
+    with Watch(d) as watch:
+        os.link(outside, d.incoming / "cam.mp4")
+
+        def claimed() -> bool:
+            if when == "decoding":
+                return any(re.search(r"processing cam\.mp4 [1-9]\d*%", s) for s in d.statuses(mark))
+            return bool(names(d.work)) or any(j["state"] == "processing" for j in d.jobs())
+
+        wait_until(claimed, 30, f"cam.mp4 {when}", 0.02, d.log_tail)
+        os.truncate(outside, size * 4 // 10)
+        quiet(d)
+        watch.stop()
+    assert watch.short(full) == {}, f"published an output shorter than the {full} frames claimed"
+    for job in d.jobs():
+        if job["state"] in ("done", "duplicate"):
+            assert job["output"] and frame_count(Path(job["output"])) == full, job
+    assert all(frame_count(d.output / n) == full for n in names(d.output))
+    assert outside.exists() and outside.stat().st_size == size * 4 // 10
+    d.assert_alive()
+    assert d.terminate(timeout=15) == 0
+
+
+RACE_FILES, RACE_ROUNDS = 20, 10  # 200 names, each swapped many times while the daemon takes them
+RACE_SECONDS = 2.5
+
+
+def test_symlink_swapped_in_while_claiming(daemon: Daemon, tmp_path: Path) -> None:
+    """200 names, 20 at a time, each switched back and forth between a regular photo and a symlink to
+    a 0600 secret (os.replace, so every look sees one or the other) while the daemon, settling in
+    0.2 s, tries to take them. Whatever instant its look and its claim fall on, the secret is never
+    read: no ledger row or error report holds its sha256, no output has its size, no link is moved
+    anywhere. Twenty at a time in ten rounds keeps the test under a minute."""
+    d = daemon
+    d.configure(watch={"settle_seconds": 0.2, "rescan_seconds": 0.2})
+    secret = tmp_path / "private" / "secret.jpg"
+    secret.parent.mkdir()
+    shutil.copyfile(media("000000465822.jpg"), secret)
+    secret.chmod(0o600)
+    secret_bytes, secret_sha = secret.read_bytes(), sha256(secret)
+    photo = tmp_path / "photo.jpg"
+    shutil.copyfile(media("city.jpg"), photo)
+    photo_size = image_size(photo)
+    assert photo_size is not None and photo_size != image_size(secret)
+    d.start()
+
+    stage = tmp_path / "stage"
+    stage.mkdir()
+    for round_ in range(RACE_ROUNDS):
+        batch = [f"race-{round_ * RACE_FILES + i}.jpg" for i in range(RACE_FILES)]
+        # One inode per name: linking a shared one would move every name's ctime at each swap.
+        for name in batch:
+            shutil.copyfile(photo, stage / name)
+            os.link(stage / name, d.incoming / name)
+        stop = threading.Event()
+        regulars = {name: stage / name for name in batch}
+        swapper = threading.Thread(
+            target=swap_loop, args=(d.incoming, regulars, secret, stop, round_), name="symlink-swapper", daemon=True
+        )
+        swapper.start()
+        time.sleep(RACE_SECONDS)
+        stop.set()
+        swapper.join(timeout=10)
+        # Take every name of the round away (and any the daemon put back under another name).
+        for name in names(d.incoming):
+            if name.startswith(("race-", ".race-")):
+                (d.incoming / name).unlink(missing_ok=True)
+        wait_until(lambda: not any(j["state"] in ACTIVE for j in d.jobs()), 30, "the round's jobs to end", 0.05)
+    quiet(d, timeout=30)
+
+    d.assert_alive()
+    assert secret.read_bytes() == secret_bytes and not secret.is_symlink()
+    assert stat.S_IMODE(secret.stat().st_mode) == 0o600
+    for folder in (d.output, d.quarantine, d.processed, d.failed, d.work):
+        links = [n for n in names(folder) if (folder / n).is_symlink()]
+        assert links == [], f"symlinks in {folder.name}/: {links}"
+    jobs = d.jobs()
+    assert [j for j in jobs if j["sha256"] == secret_sha] == [], "the secret was read through a link"
+    for report in (n for n in names(d.failed) if n.endswith(".error.json")):
+        assert json.loads((d.failed / report).read_text(encoding="utf-8")).get("sha256") != secret_sha
+    for name in names(d.output):
+        assert image_size(d.output / name) == photo_size, f"{name} is not the photo"
+    assert any(j["state"] == "done" for j in jobs), "no regular file was ever taken: the race was not run"
+    assert d.terminate(timeout=15) == 0
+
+
+def test_symlink_to_dev_zero_is_never_followed(daemon: Daemon, clips: Clips, tmp_path: Path) -> None:
+    """A symlink to an endless device, placed as is and swapped in for regular files while they
+    settle: reading it would never end. The daemon takes the next file and stops on SIGTERM."""
+    d = daemon
+    d.configure(watch={"settle_seconds": 0.2, "rescan_seconds": 0.2})
+    clip = clips.clip(30, 30, "vtest.avi")
+    regulars = {f"swap-{i}.mp4": tmp_path / f"swap-{i}.mp4" for i in range(10)}
+    for name, path in regulars.items():
+        shutil.copyfile(clip, path)
+        os.link(path, d.incoming / name)
+    d.start()
+    os.symlink("/dev/zero", d.incoming / "zero.mp4")
+    stop = threading.Event()
+    swapper = threading.Thread(
+        target=swap_loop, args=(d.incoming, regulars, Path("/dev/zero"), stop, 8), name="zero-swapper", daemon=True
+    )
+    swapper.start()
+    time.sleep(6.0)
+    stop.set()
+    swapper.join(timeout=10)
+
+    normal = clips.clip(0, 30, "vtest.avi")
+    d.drop(normal, "normal.mp4")
+    wait_until((d.output / "normal.mp4").exists, 60, "normal.mp4 published", 0.1, d.log_tail)
+    assert frame_count(d.output / "normal.mp4") == 30
+    d.assert_alive()
+    assert (d.incoming / "zero.mp4").is_symlink() and os.readlink(d.incoming / "zero.mp4") == "/dev/zero"
+    for folder in (d.output, d.failed, d.work, d.quarantine, d.processed):
+        for name in names(folder):
+            assert not (folder / name).is_symlink(), f"{folder.name}/{name} is a link"
+            assert (folder / name).lstat().st_size < 50 << 20, f"{folder.name}/{name} was read from /dev/zero"
+    assert d.terminate(timeout=15) == 0
+
+
+# ------------------------------------------------------------------ a daemon without root's rights
+
+
+@dataclass
+class Unprivileged:
+    """A daemon harness whose process runs as an ordinary user (`wrap` is the command prefix)."""
+
+    d: Daemon
+    wrap: list[str]
+    uid: int
+    gid: int
+
+    def start(self) -> None:
+        self.d.start(wrap=self.wrap)
+        assert self.d.proc is not None
+        assert os.stat(f"/proc/{self.d.proc.pid}").st_uid == self.uid, "the daemon does not run as the user"
+
+    def drop(self, src: Path, name: str) -> Path:
+        """Like `Daemon.drop`, the file owned by the daemon's user (as uploads in its group would be)."""
+        tmp = self.d.incoming / f".{name}.uploading"
+        shutil.copyfile(src, tmp)
+        os.chown(tmp, self.uid, self.gid)
+        os.rename(tmp, self.d.incoming / name)
+        return self.d.incoming / name
+
+
+def _chown_tree(root: Path, uid: int, gid: int) -> None:
+    os.chown(root, uid, gid)
+    for top, dirs, files in os.walk(root):
+        for name in dirs + files:
+            os.chown(os.path.join(top, name), uid, gid, follow_symlinks=False)
+
+
+@pytest.fixture
+def unprivileged(tmp_path: Path, models_dir: Path) -> Iterator[Unprivileged]:
+    """Permission checks only bind a process without root's rights: as root, the daemon runs as the
+    user `egtest` (created if missing) through setpriv, in folders of its own outside pytest's
+    private temporary folder (which that user cannot enter)."""
+    if os.geteuid() != 0:
+        d = Daemon(tmp_path / "eg", models_dir)
+        try:
+            yield Unprivileged(d, [], os.getuid(), os.getgid())
+        finally:
+            d.close()
+        return
+    if shutil.which("setpriv") is None:
+        pytest.skip("SKIPPED: running as root and setpriv (util-linux) is missing: cannot run the daemon unprivileged")
+    try:
+        user = pwd.getpwnam(UNPRIVILEGED_USER)
+    except KeyError:
+        made = subprocess.run(
+            ["useradd", "-M", "-s", "/usr/sbin/nologin", UNPRIVILEGED_USER], capture_output=True, text=True, check=False
+        )
+        if made.returncode:
+            pytest.skip(f"SKIPPED: cannot create the user {UNPRIVILEGED_USER}: {made.stderr.strip()}")
+        user = pwd.getpwnam(UNPRIVILEGED_USER)
+    root = Path(tempfile.mkdtemp(prefix="eg-hostile-"))
+    root.chmod(0o755)
+    try:
+        models = root / "models"
+        shutil.copytree(models_dir, models)
+        _chown_tree(models, user.pw_uid, user.pw_gid)
+        d = Daemon(root / "eg", models)
+        try:
+            _chown_tree(d.root, user.pw_uid, user.pw_gid)
+            os.chown(d.sock_path, user.pw_uid, user.pw_gid)
+            d.sock_path.parent.chmod(0o755)
+            wrap = ["setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}", "--clear-groups"]
+            probe = subprocess.run(
+                [*wrap, sys.executable, "-c", "import edgeguard.daemon.service"],
+                cwd=d.root,
+                env=d.env(),
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            )
+            if probe.returncode:
+                pytest.skip(f"SKIPPED: {UNPRIVILEGED_USER} cannot run this Python: {probe.stderr.strip()[-300:]}")
+            yield Unprivileged(d, wrap, user.pw_uid, user.pw_gid)
+        finally:
+            d.close()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_an_unreadable_file_does_not_block_the_queue(unprivileged: Unprivileged, clips: Clips, tmp_path: Path) -> None:
+    """A file the daemon may not read is left where it is (not lost to failed/, not retried ahead of
+    every other file) and said once; the file behind it is processed."""
+    u, d = unprivileged, unprivileged.d
+    d.configure(watch={"settle_seconds": SETTLE})
+    u.start()
+    locked = tmp_path / "locked.mp4"
+    shutil.copyfile(clips.clip(30, 30, "vtest.avi"), locked)
+    if os.geteuid() == 0:
+        locked.chmod(0o600)  # root's, and the daemon is not root
+    else:
+        locked.chmod(0)
+    locked_sha = sha256(locked)
+    os.rename(locked, d.incoming / "locked.mp4")
+    time.sleep(SETTLE + 0.5)
+    u.drop(clips.clip(0, 30, "vtest.avi"), "normal.mp4")
+    wait_until((d.output / "normal.mp4").exists, 60, "normal.mp4 published", 0.1, d.log_tail)
+    assert frame_count(d.output / "normal.mp4") == 30
+    time.sleep(3 * d.settings["watch"]["rescan_seconds"] + SETTLE)  # rescans look at it again
+    d.assert_alive()
+    assert regular_files(d.incoming) == ["locked.mp4"]
+    assert sha256(d.incoming / "locked.mp4") == locked_sha
+    assert names(d.failed) == []
+    lines = [line for line in d.log().splitlines() if "locked.mp4" in line]
+    assert len(lines) == 1, lines
+    assert d.terminate(timeout=15) == 0
+
+
+def test_a_read_only_output_folder_fails_nothing(unprivileged: Unprivileged, clips: Clips) -> None:
+    """The output folder's fault is not the file's: the file waits (never counted toward poison)
+    and is published once the folder is writable again."""
+    u, d = unprivileged, unprivileged.d
+    d.configure(watch={"settle_seconds": SETTLE})
+    u.start()
+    d.output.chmod(0o555)
+    try:
+        clip = clips.clip(0, 30, "vtest.avi")
+        u.drop(clip, "cam.mp4")
+        time.sleep(10)
+        d.assert_alive()
+        assert names(d.failed) == [], d.log_tail()
+        assert names(d.output) == []
+        here = [n for n in names(d.incoming) + names(d.work) if n.endswith("cam.mp4")]
+        assert here, "cam.mp4 is neither in incoming nor in work"
+        assert not [j for j in d.jobs() if j["state"] == "failed"]
+    finally:
+        d.output.chmod(0o755)
+    wait_until((d.output / "cam.mp4").exists, 60, "cam.mp4 published", 0.1, d.log_tail)
+    d.wait_idle()
+    assert names(d.output) == ["cam.mp4"]
+    assert frame_count(d.output / "cam.mp4") == 30
+    assert names(d.failed) == []
+    assert [j["state"] for j in d.jobs()] == ["done"]
+    assert d.terminate(timeout=15) == 0
+
+
+# ------------------------------------------------------------------ the daemon's own surroundings
+
+
+def test_a_second_daemon_on_the_same_folders_refuses(daemon: Daemon, clips: Clips) -> None:
+    """Two daemons would claim the same files into one ledger: the second exits 3, saying why once."""
+    d = daemon
+    d.start()
+    env = d.env()
+    env.pop("NOTIFY_SOCKET", None)
+    try:
+        second = subprocess.run(
+            [sys.executable, "-m", "edgeguard", "run", "-c", str(d.cfg_path)],
+            env=env,
+            cwd=d.root,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail("a second daemon on the same folders was still running after 60 s")
+    output = second.stdout + second.stderr
+    assert second.returncode == 3, output
+    assert len([line for line in output.splitlines() if "another edgeguard" in line.lower()]) == 1, output
+    d.drop(clips.clip(0, 30, "vtest.avi"), "cam.mp4")
+    d.wait_states({"done": 1})
+    assert frame_count(d.output / "cam.mp4") == 30
+    d.assert_alive()
+    assert d.terminate(timeout=15) == 0
+
+
+def test_a_file_sent_again_after_its_output_was_taken_away(daemon: Daemon, clips: Clips) -> None:
+    """Duplicate detection saves work only while the output it points at exists: once a consumer has
+    taken the output away, the same bytes sent again are processed again."""
+    d = daemon
+    clip = clips.clip(0, 30, "vtest.avi")
+    d.start()
+    d.drop(clip, "cam.mp4")
+    d.wait_states({"done": 1})
+    d.wait_idle()
+    (d.output / "cam.mp4").unlink()
+
+    d.drop(clip, "cam.mp4")
+
+    def published() -> bool:
+        if d.counts().get("duplicate"):
+            pytest.fail(f"taken as a duplicate of a job whose output is gone: {d.jobs()}")
+        return (d.output / "cam.mp4").exists()
+
+    wait_until(published, 60, "cam.mp4 published again", 0.1, d.log_tail)
+    d.wait_idle()
+    assert frame_count(d.output / "cam.mp4") == 30
+    assert [j["state"] for j in d.jobs()] == ["done", "done"]
+
+    # The output is there now: the same bytes again make no second output.
+    d.drop(clip, "again.mp4")
+    d.wait_states({"duplicate": 1})
+    d.wait_idle()
+    assert names(d.output) == ["cam.mp4"]
+    assert frame_count(d.output / "cam.mp4") == 30
+    assert names(d.failed) == []
+    assert d.terminate(timeout=15) == 0
+
+
+def test_control_characters_in_a_name_cannot_forge_log_lines(daemon: Daemon, clips: Clips) -> None:
+    """A newline in an uploaded name must not start a line of its own in the log."""
+    d = daemon
+    name = "evil\nINFO edgeguard.daemon.jobs: forged.mp4"
+    d.start()
+    d.drop(clips.clip(0, 30, "vtest.avi"), name)
+    d.wait_states({"done": 1})
+    d.wait_idle()
+    assert [j["name"] for j in d.jobs()] == [name]
+    assert names(d.output) == [name]
+    log = d.log()
+    forged = [line for line in log.splitlines() if line.startswith("INFO edgeguard.daemon.jobs: forged")]
+    assert forged == [], forged
+    assert "\\n" in log, "the name's newline is not written as an escape"
+    assert d.terminate(timeout=15) == 0
+
+
+def test_ledger_deleted_while_running_stops_the_daemon(daemon: Daemon, clips: Clips) -> None:
+    """Without its ledger the daemon would forget what it did (and process it all again): it stops
+    with an error instead of carrying on silently with a new, empty one."""
+    d = daemon
+    d.start()
+    d.drop(clips.clip(0, 30, "vtest.avi"), "first.mp4")
+    d.wait_states({"done": 1})
+    d.wait_idle()
+    for suffix in ("", "-wal", "-shm"):
+        (d.state / f"ledger.sqlite3{suffix}").unlink(missing_ok=True)
+    d.drop(clips.clip(30, 30, "vtest.avi"), "second.mp4")
+    rc = exit_code(d, 30)
+    assert rc != 0, d.log()
+    assert [line for line in d.log().splitlines() if "ledger" in line.lower()], d.log()
+
+
+def test_sigstop_longer_than_the_time_limit_does_not_fail_the_file(daemon: Daemon, clips: Clips) -> None:
+    """Time the process spent stopped (SIGSTOP, a suspended machine) is not the file's fault."""
+    d = daemon
+    d.configure(daemon={"file_timeout": 5.0})
+    clip = clips.clip(0, WRITER_FRAMES, "vtest.avi")  # about 2 s of work
+    d.start()
+    assert d.proc is not None
+    d.drop(clip, "cam.mp4")
+    wait_until(lambda: any(j["state"] == "processing" for j in d.jobs()), 30, "cam.mp4 processing", 0.02)
+    os.kill(d.proc.pid, signal.SIGSTOP)
+    try:
+        time.sleep(8.0)
+    finally:
+        os.kill(d.proc.pid, signal.SIGCONT)
+    wait_until(
+        lambda: (d.output / "cam.mp4").exists() or names(d.failed), 60, "cam.mp4 published or failed", 0.1, d.log_tail
+    )
+    d.wait_idle()
+    assert names(d.failed) == [], d.log_tail()
+    assert frame_count(d.output / "cam.mp4") == WRITER_FRAMES
+    assert [j["state"] for j in d.jobs()] == ["done"]
+    assert d.terminate(timeout=15) == 0
+
+
+def test_two_video_streams_fail_cleanly(daemon: Daemon, tmp_path: Path) -> None:
+    """Which of two video streams a player shows is its choice: protecting one and copying or
+    dropping the other cannot be right, so the file fails (the original kept in failed/)."""
+    d = daemon
+    src = two_video_streams(media("vtest.avi"), tmp_path / "two.mp4", 30)
+    with av.open(os.fspath(src)) as container:
+        assert len(container.streams.video) == 2
+    d.start()
+    d.drop(src, "two.mp4")
+
+    def failed() -> bool:
+        if names(d.output):
+            pytest.fail(f"published: {names(d.output)}\n{d.log_tail()}")
+        return (d.failed / "two.mp4.error.json").exists()
+
+    wait_until(failed, 60, "two.mp4 failed", 0.1, d.log_tail)
+    d.wait_idle()
+    assert "video streams" in d.error_report("two.mp4")["reason"]
+    assert sha256(d.failed / "two.mp4") == sha256(src)
+    assert names(d.output) == []
+    assert d.terminate(timeout=15) == 0
+
+
+def test_a_setup_failure_exits_3_with_one_line(daemon: Daemon) -> None:
+    """paths.state under a regular file cannot be made: exit 3, a one-line reason, no traceback."""
+    d = daemon
+    (d.root / "notadir").write_text("a file, not a folder\n", encoding="utf-8")
+    d.configure(paths={"state": str(d.root / "notadir" / "state")})
+    d.start(ready=False)
+    rc = exit_code(d, 60)
+    log = d.log()
+    assert rc == 3, log
+    assert "Traceback" not in log, log
+    lines = [line for line in log.splitlines() if line.strip()]
+    assert lines and "notadir" in lines[-1], log
+
+
+def test_a_full_disk_at_start_up_exits_3_with_one_line(daemon: Daemon) -> None:
+    """The ledger cannot be written (RLIMIT_FSIZE stands in for a full disk: SQLite gets the same I/O error)."""
+    d = daemon
+    d.start(wrap=["prlimit", "--fsize=4096"], ready=False)
+    rc = exit_code(d, 60)
+    log = d.log()
+    assert rc == 3, log
+    assert "Traceback" not in log, log
+    assert log.splitlines()[-1].startswith("edgeguard: paths.state: cannot open the ledger"), log
