@@ -103,8 +103,9 @@ class Worker(threading.Thread):
             try:
                 self._one(task)
             except (sqlite3.Error, OSError) as exc:  # the ledger's or the folders' disk, not the file
+                what = "the ledger" if isinstance(exc, sqlite3.Error) else "the folders"
                 log.error(
-                    "cannot work on the folders now (%s); retrying in %.0f s", exc, self.setup.cfg.daemon.pause_seconds
+                    "cannot write %s now (%s); retrying in %.0f s", what, exc, self.setup.cfg.daemon.pause_seconds
                 )
                 self.retry_after = time.monotonic() + self.setup.cfg.daemon.pause_seconds
             except Exception:  # a bug must not end the thread: the daemon would hang, busy forever

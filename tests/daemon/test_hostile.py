@@ -808,3 +808,53 @@ def test_a_full_disk_at_start_up_exits_3_with_one_line(daemon: Daemon) -> None:
     assert rc == 3, log
     assert "Traceback" not in log, log
     assert log.splitlines()[-1].startswith("edgeguard: paths.state: cannot open the ledger"), log
+
+
+def test_a_disk_that_fills_while_running_pauses_with_one_line_per_try(daemon: Daemon, clips: Clips) -> None:
+    """The ledger and the output cannot grow (RLIMIT_FSIZE set on the running daemon stands in for a
+    full disk): each try is one log line, no traceback, nothing failed; room again, the file is done."""
+    d = daemon
+    d.start()
+    assert d.proc is not None
+    d.drop(clips.clip(0, 10), "first.mp4")
+    d.wait_states({"done": 1})
+    # The soft limit only: it can be raised again without CAP_SYS_RESOURCE.
+    subprocess.run(["prlimit", f"--pid={d.proc.pid}", "--fsize=4096:"], check=True)
+    d.drop(clips.clip(10, 10), "second.mp4")
+    wait_until(lambda: d.log().count("retry") >= 2, 60, "two tries on the full disk", 0.2, d.log_tail)
+    d.assert_alive()
+    assert "Traceback" not in d.log(), d.log()
+    assert names(d.failed) == []
+    subprocess.run(["prlimit", f"--pid={d.proc.pid}", "--fsize=unlimited:"], check=True)
+    d.wait_states({"done": 2}, timeout=90)
+    d.wait_idle()
+    assert names(d.output) == ["first.mp4", "second.mp4"]
+    assert frame_count(d.output / "second.mp4") == 10
+    assert d.terminate(timeout=15) == 0
+
+
+def test_an_incoming_folder_given_as_a_symlink_is_resolved_once(daemon: Daemon, clips: Clips, tmp_path: Path) -> None:
+    """inotify does not follow the link: the daemon watches where it points at start, and says so."""
+    d = daemon
+    real = tmp_path / "eg" / "real-incoming"
+    real.mkdir()
+    link = tmp_path / "eg" / "incoming-link"
+    link.symlink_to(real)
+    d.configure(watch={"rescan_seconds": 3600.0}, paths={"incoming": str(link)})  # events only, no rescans
+    d.start()
+    assert f"paths.incoming: {link} is a symlink; using {real}" in d.log()
+    clip = clips.clip(0, 10)
+    tmp = real / ".a.mp4.uploading"
+    shutil.copyfile(clip, tmp)
+    os.rename(tmp, real / "a.mp4")
+    wait_until((d.output / "a.mp4").exists, 60, "a.mp4 published from an event", 0.1, d.log_tail)
+    # Repointing the link later changes nothing for the running daemon.
+    other = tmp_path / "eg" / "elsewhere"
+    other.mkdir()
+    link.unlink()
+    link.symlink_to(other)
+    shutil.copyfile(clip, other / ".b.mp4.uploading")
+    os.rename(other / ".b.mp4.uploading", other / "b.mp4")
+    time.sleep(3)
+    assert names(other) == ["b.mp4"], "the daemon followed the link anew"
+    assert d.terminate(timeout=15) == 0
