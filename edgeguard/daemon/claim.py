@@ -137,7 +137,8 @@ def link_into(name: str, dir_fd: int, work: Path, expect: os.stat_result) -> Non
                 "cannot take it: the daemon may not hard-link a file it cannot write"
                 " (fs.protected_hardlinks); let the daemon's group write uploads (umask 002)"
             ) from None
-        raise
+        # EMLINK (a file given thousands of links), EACCES, ...: this file's problem, not the queue's.
+        raise Refused(f"cannot take it: {exc.strerror or exc}") from None
     got = work.lstat()
     if not Snapshot.of(expect).same_file(got):
         # Swapped between the open and the link: what was linked is not what was checked.
@@ -146,25 +147,57 @@ def link_into(name: str, dir_fd: int, work: Path, expect: os.stat_result) -> Non
 
 
 def release(name: str, dir_fd: int, snapshot: Snapshot, holding: Path) -> bool:
-    """Take incoming `name` away if it is still the claimed file; True if it was.
+    """Take incoming `name` away if it is still the claimed file, unchanged; True if it was.
 
-    It is first renamed to `holding` (in the private work folder) and only then
-    compared, so a different file that arrived under the name meanwhile is never
-    deleted: it is put back under a free name.
+    The name is first renamed to `holding` (in the private work folder) and only
+    then compared, so whatever else arrived under the name meanwhile (a new upload,
+    bytes appended after the last check) is never deleted: it is put back.
     """
+    try:
+        here = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    if not (stat.S_ISREG(here.st_mode) and snapshot.same_file(here)):
+        return False  # another file has the name now: it is not ours to take
+    if os.path.lexists(holding):
+        raise OSError(errno.EEXIST, f"{holding} is still there from before a crash")
     try:
         os.rename(name, holding, src_dir_fd=dir_fd)
     except FileNotFoundError:
         return False
-    if snapshot.same_file(holding.lstat()):
+    st = holding.lstat()
+    # Size and mtime, not ctime: the rename itself moves ctime.
+    if snapshot.same_file(st) and (st.st_size, st.st_mtime_ns) == (snapshot.size, snapshot.mtime_ns):
         holding.unlink()
         return True
+    put_back(holding, name, dir_fd)
+    return False
+
+
+def put_back(holding: Path, name: str, dir_fd: int) -> str:
+    """Return a file taken from incoming by mistake under `name` (or name-1, ...); returns the name used."""
+    if not stat.S_ISREG(holding.lstat().st_mode):
+        # A directory or link made by someone else: renamed back as it is, never opened.
+        for candidate in candidate_names(name):
+            if not _exists(candidate, dir_fd):
+                os.rename(holding, candidate, dst_dir_fd=dir_fd)
+                return candidate
+        raise OSError(errno.EEXIST, f"no free name for {name} in incoming")
     for candidate in candidate_names(name):
         try:
             os.link(holding, candidate, dst_dir_fd=dir_fd, follow_symlinks=False)
         except FileExistsError:
             continue
         holding.unlink()
-        log.warning("%s arrived while its namesake was processed; kept as %s", name, candidate)
-        return False
+        if candidate != name:
+            log.warning("%s arrived while its namesake was processed; kept as %s", name, candidate)
+        return candidate
     raise OSError(errno.EEXIST, f"no free name for {name} in incoming")
+
+
+def _exists(name: str, dir_fd: int) -> bool:
+    try:
+        os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return True

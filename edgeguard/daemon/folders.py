@@ -7,6 +7,7 @@ import fcntl
 import logging
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -61,6 +62,13 @@ def prepare(paths: PathsConfig) -> Folders:
             problems.append(f"paths.{key}: {path} is not a writable folder: {exc.strerror or exc}")
     if problems:
         raise SetupError("; ".join(problems))
+    incoming = folders.incoming.stat()
+    if incoming.st_mode & stat.S_ISVTX and incoming.st_uid != os.geteuid() != 0:
+        # The daemon takes each upload's name away when done: a sticky folder forbids that.
+        raise SetupError(
+            f"paths.incoming: {folders.incoming} is sticky (+t) and not owned by the daemon's user;"
+            " it could not remove the files it finished"
+        )
     # Claims (incoming -> work) and publishing (work -> output) must be atomic renames.
     work_dev = folders.work.stat().st_dev
     for key in ("incoming", "output"):
@@ -169,7 +177,7 @@ def move_noclobber(src: Path, folder: Path, name: str, before: Callable[[Path], 
         if before is not None:
             before(dst)
         try:
-            os.link(src, dst)
+            os.link(src, dst, follow_symlinks=False)
         except FileExistsError:
             continue
         except OSError as exc:
@@ -187,6 +195,6 @@ def move_noclobber(src: Path, folder: Path, name: str, before: Callable[[Path], 
 
 def _copy_in(src: Path, dst: Path) -> None:
     tmp = dst.with_name(f".{dst.name}.copying")
-    shutil.copyfile(src, tmp)
+    shutil.copyfile(src, tmp, follow_symlinks=False)
     fsync_file(tmp)
     os.replace(tmp, dst)

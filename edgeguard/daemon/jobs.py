@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import os
+import stat
 import threading
 import time
 from collections.abc import Callable
@@ -20,7 +21,7 @@ from pathlib import Path
 from edgeguard import __version__
 from edgeguard.config import Config
 from edgeguard.daemon import ledger as L
-from edgeguard.daemon.claim import Refused, Snapshot, being_written, link_into, open_regular, release
+from edgeguard.daemon.claim import Refused, Snapshot, being_written, link_into, open_regular, put_back, release
 from edgeguard.daemon.folders import Folders, move_noclobber
 from edgeguard.durable import fsync_dir, fsync_file
 from edgeguard.engine import Engine, Result, default_output, temp_name
@@ -48,7 +49,10 @@ def hash_claimed(path: Path, snapshot: Snapshot, cancel: threading.Event, alive:
     h = hashlib.sha256()
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
-        if not snapshot.unchanged(os.fstat(fd)):
+        st = os.fstat(fd)
+        # Not ctime: adding or removing a name moves it. A same-size rewrite with mtime put back
+        # is hashed as it is now, so the digest still describes what the engine reads.
+        if not snapshot.same_file(st) or (st.st_size, st.st_mtime_ns) != (snapshot.size, snapshot.mtime_ns):
             raise Changed("changed since it was claimed")
         left = snapshot.size
         while left:
@@ -357,11 +361,20 @@ class Jobs:
 
     def recover(self) -> None:
         """Finish or undo what a crash left half done; reconcile ledger and folders."""
+        self._finish_releases()  # first: a job's release below must not find its holding name taken
         for job in self.ledger.in_states(*L.ACTIVE):
             work = Path(job.work_path)
             if job.state == L.CLAIMING:
                 incoming = self.folders.incoming / job.name
-                if work.is_file():
+                try:
+                    linked = work.lstat()
+                except FileNotFoundError:
+                    linked = None
+                if linked is not None and not stat.S_ISREG(linked.st_mode):
+                    # Linked before the inode check could undo a swapped-in link: remove it, unread.
+                    work.unlink()
+                    self.ledger.delete(job.id)
+                elif linked is not None:
                     self._record(job.id, work)
                 elif not incoming.exists():
                     log.warning("job %d (%s): neither in incoming nor in work; dropping the claim", job.id, job.name)
@@ -416,26 +429,40 @@ class Jobs:
         """Remove partial outputs; adopt any original the ledger does not know."""
         known = {Path(j.work_path).name for j in self.ledger.in_states(*L.ACTIVE)}
         for entry in os.scandir(self.folders.work):
-            if entry.name.endswith(RELEASE_MARK):
-                self._finish_release(Path(entry.path))
-            elif PARTIAL_MARK in entry.name or entry.name.startswith(".edgeguard-probe-"):
+            if entry.name in known or entry.name.endswith(RELEASE_MARK):
+                continue
+            if entry.name.startswith(".") and (
+                PARTIAL_MARK in entry.name or entry.name.startswith(".edgeguard-probe-")
+            ):
+                # Only the daemon's own hidden temporaries: an original may be called x.partial.mp4.
                 log.info("removing partial output %s", entry.name)
                 Path(entry.path).unlink(missing_ok=True)
-            elif entry.is_file(follow_symlinks=False) and entry.name not in known:
+            elif entry.is_file(follow_symlinks=False):
                 name = entry.name.split("-", 1)[1] if "-" in entry.name else entry.name
-                job_id = self.ledger.add(name, Path(entry.path), entry.stat().st_size)
+                job_id = self.ledger.add(name, Path(entry.path), entry.stat(follow_symlinks=False).st_size)
                 self.ledger.update(job_id, state=L.QUEUED)
                 log.warning("adopted %s from the work folder as job %d", entry.name, job_id)
 
-    def _finish_release(self, holding: Path) -> None:
-        """A crash came while a name was taken from incoming to be compared: finish or undo that."""
-        st = holding.lstat()
-        job = self.ledger.get(int(holding.name[1:9])) if holding.name[1:9].isdigit() else None
-        if st.st_nlink > 1 or job is None:
-            holding.unlink()  # the claimed file, still linked in work (or nothing we can name)
-            return
-        log.warning("putting %s back into incoming (taken by a release a crash interrupted)", job.name)
-        move_noclobber(holding, self.folders.incoming, job.name)
+    def _finish_releases(self) -> None:
+        """A crash came while names were taken from incoming to be compared: finish or undo that."""
+        for entry in os.scandir(self.folders.work):
+            if not entry.name.endswith(RELEASE_MARK):
+                continue
+            holding = Path(entry.path)
+            number = entry.name[1:9]
+            job = self.ledger.get(int(number)) if number.isdigit() else None
+            snap = _snapshot(job)
+            try:
+                st = holding.lstat()
+                if job is not None and snap is not None and stat.S_ISREG(st.st_mode) and snap.same_file(st):
+                    holding.unlink()  # the claimed file: its work link (or its final place) holds it
+                    continue
+                # Anything else (another upload, a folder someone made) goes back where it was.
+                name = job.name if job is not None else f"recovered-{number}"  # no row: no name to give
+                where = put_back(holding, name, self.incoming_fd)
+                log.warning("put %s back into incoming as %s (a crash interrupted its release)", entry.name, where)
+            except OSError as exc:  # one odd entry must not stop recovery
+                log.error("cannot finish the release of %s: %s", entry.name, exc.strerror or exc)
 
     def queued(self) -> list[int]:
         return [j.id for j in self.ledger.in_states(L.QUEUED)]

@@ -163,3 +163,22 @@ def test_a_name_with_a_newline_cannot_forge_a_log_line(caplog: pytest.LogCapture
     record = logging.LogRecord("t", logging.INFO, __file__, 1, "claimed %s as job %d", ("a\nb.mp4", 3), None)
     assert OneLine().filter(record)
     assert record.getMessage() == "claimed a\\nb.mp4 as job 3"
+
+
+def test_release_leaves_what_is_not_the_claimed_file_as_it_was(incoming: tuple[Path, int], tmp_path: Path) -> None:
+    folder, dir_fd = incoming
+    work = tmp_path / "work"
+    (folder / "a.mp4").write_bytes(b"claimed")
+    os.link(folder / "a.mp4", work / "1-a.mp4")
+    snap = Snapshot.of((work / "1-a.mp4").stat())
+    # Bytes appended after the last check: not taken away, nothing of them lost.
+    with (folder / "a.mp4").open("ab") as f:
+        f.write(b" and more")
+    assert not release("a.mp4", dir_fd, snap, work / ".1.release")
+    assert (folder / "a.mp4").read_bytes() == b"claimed and more"
+    assert not (work / ".1.release").exists()
+    # A folder made under the name by someone else is not moved at all.
+    (folder / "a.mp4").unlink()
+    (folder / "a.mp4").mkdir()
+    assert not release("a.mp4", dir_fd, snap, work / ".1.release")
+    assert (folder / "a.mp4").is_dir() and not (work / ".1.release").exists()

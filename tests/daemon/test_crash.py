@@ -269,3 +269,29 @@ def test_a_move_cut_short_is_finished_once_by_recovery(
         assert names(f.quarantine) == ["a.jpg"], "one original, no a-1.jpg"
         assert job.final_path == str(f.quarantine / "a.jpg")
         assert job.attempts == 1, "a published output is not made again"
+
+
+def test_recovery_keeps_originals_named_like_temporaries_and_odd_leftovers(tmp_path: Path, engine: Engine) -> None:
+    """An upload called x.partial.jpg is an original, not a partial output; a folder left where a
+    release was interrupted goes back to incoming; neither stops recovery."""
+    jobs = _jobs(tmp_path, engine, originals="quarantine")
+    f = jobs.folders
+    city = media("city.jpg")
+    (f.incoming / "x.partial.jpg").write_bytes(city.read_bytes())
+    job_id = jobs.claim("x.partial.jpg")
+    (f.incoming / "b.jpg").write_bytes(city.read_bytes() + b"b")
+    other = jobs.claim("b.jpg")
+    # A crash right after a release took b.jpg's name: but the name held a folder someone made.
+    (f.incoming / "b.jpg").unlink()
+    (f.work / f".{other:08d}.release").mkdir()
+    jobs.ledger.close()
+
+    again = _jobs(tmp_path, engine, originals="quarantine")
+    again.recover()
+    assert (f.incoming / "b.jpg").is_dir(), "put back where it was"
+    _drain(again)
+    rows = {j.id: j for j in again.ledger.all()}
+    again.ledger.close()
+    assert rows[job_id].state == "done", rows[job_id]
+    assert sha256(f.quarantine / "x.partial.jpg") == sha256(city)
+    assert names(f.output) == ["b.jpg", "x.partial.jpg"]
