@@ -11,20 +11,26 @@ anything may have been swapped in. The rules:
 - taking it is a hard link into the private work folder: the name in incoming
   stays, so a writer that reopens it later appends to the very file being
   worked on, and the change is seen before anything is published. The link is
-  checked to be the inode that was opened; anything else is unlinked again.
+  checked to be the inode that was opened; anything else is unlinked again;
+- what is hashed is exactly the claimed size, and before anything is published the
+  file is compared with the claim again (`changes`).
 """
 
 from __future__ import annotations
 
 import errno
 import fcntl
+import hashlib
 import logging
 import os
 import stat
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from edgeguard.daemon.folders import candidate_names
+from edgeguard.errors import Cancelled
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +65,69 @@ class Refused(Exception):
         super().__init__(reason)
         self.reason = reason
         self.retry = retry
+
+
+class Changed(Exception):
+    """The claimed file is no longer what was claimed (a writer came back, or it was truncated)."""
+
+
+def hash_claimed(path: Path, snapshot: Snapshot, cancel: threading.Event, alive: Callable[[], None]) -> str:
+    """The sha256 of exactly the claimed bytes; Changed if the file is not what was claimed.
+
+    Reads at most the claimed size, so nothing (a file still growing, a device) can
+    keep it reading, and stops when `cancel` is set (the time limit, SIGTERM).
+    """
+    h = hashlib.sha256()
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        # Not ctime: adding or removing a name moves it. A same-size rewrite with mtime put back
+        # is hashed as it is now, so the digest still describes what the engine reads.
+        if not snapshot.same_file(st) or (st.st_size, st.st_mtime_ns) != (snapshot.size, snapshot.mtime_ns):
+            raise Changed("changed since it was claimed")
+        left = snapshot.size
+        while left:
+            chunk = os.read(fd, min(left, 1 << 20))
+            if not chunk:
+                raise Changed(f"shrank to {snapshot.size - left} bytes since it was claimed")
+            h.update(chunk)
+            left -= len(chunk)
+            alive()
+            if cancel.is_set():
+                raise Cancelled(path)
+    finally:
+        os.close(fd)
+    return h.hexdigest()
+
+
+def changes(path: Path, snapshot: Snapshot, digest: str) -> str | None:
+    """How the claimed file differs from the claim, or None if it is what was claimed and processed."""
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        return "it vanished from the work folder"
+    if not snapshot.same_file(st):
+        return "it was replaced"
+    if (st.st_size, st.st_mtime_ns) != (snapshot.size, snapshot.mtime_ns):
+        return f"it changed ({snapshot.size} -> {st.st_size} bytes)"
+    if st.st_ctime_ns != snapshot.ctime_ns:
+        # ctime also moves when a link is added or removed: only the bytes can tell.
+        try:
+            same = hash_claimed_now(path) == digest
+        except OSError:
+            same = False
+        if not same:
+            return "its content changed"
+    return None
+
+
+def hash_claimed_now(path: Path) -> str:
+    """The sha256 of the file as it is now (never through a link)."""
+    h = hashlib.sha256()
+    with open(path, "rb", opener=lambda p, f: os.open(p, f | os.O_NOFOLLOW)) as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def open_regular(name: str, dir_fd: int) -> tuple[int, os.stat_result]:

@@ -8,7 +8,6 @@ are ever renamed into the output folder.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import logging
 import os
@@ -21,7 +20,18 @@ from pathlib import Path
 from edgeguard import __version__
 from edgeguard.config import Config
 from edgeguard.daemon import ledger as L
-from edgeguard.daemon.claim import Refused, Snapshot, being_written, link_into, open_regular, put_back, release
+from edgeguard.daemon.claim import (
+    Changed,
+    Refused,
+    Snapshot,
+    being_written,
+    changes,
+    hash_claimed,
+    link_into,
+    open_regular,
+    put_back,
+    release,
+)
 from edgeguard.daemon.folders import Folders, move_noclobber
 from edgeguard.durable import fsync_dir, fsync_file
 from edgeguard.engine import Engine, Result, default_output, temp_name
@@ -34,68 +44,6 @@ log = logging.getLogger(__name__)
 
 PARTIAL_MARK = ".partial"
 RELEASE_MARK = ".release"
-
-
-class Changed(Exception):
-    """The claimed file is no longer what was claimed (a writer came back, or it was truncated)."""
-
-
-def hash_claimed(path: Path, snapshot: Snapshot, cancel: threading.Event, alive: Callable[[], None]) -> str:
-    """The sha256 of exactly the claimed bytes; Changed if the file is not what was claimed.
-
-    Reads at most the claimed size, so nothing (a file still growing, a device) can
-    keep it reading, and stops when `cancel` is set (the time limit, SIGTERM).
-    """
-    h = hashlib.sha256()
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    try:
-        st = os.fstat(fd)
-        # Not ctime: adding or removing a name moves it. A same-size rewrite with mtime put back
-        # is hashed as it is now, so the digest still describes what the engine reads.
-        if not snapshot.same_file(st) or (st.st_size, st.st_mtime_ns) != (snapshot.size, snapshot.mtime_ns):
-            raise Changed("changed since it was claimed")
-        left = snapshot.size
-        while left:
-            chunk = os.read(fd, min(left, 1 << 20))
-            if not chunk:
-                raise Changed(f"shrank to {snapshot.size - left} bytes since it was claimed")
-            h.update(chunk)
-            left -= len(chunk)
-            alive()
-            if cancel.is_set():
-                raise Cancelled(path)
-    finally:
-        os.close(fd)
-    return h.hexdigest()
-
-
-def changes(path: Path, snapshot: Snapshot, digest: str) -> str | None:
-    """How the claimed file differs from the claim, or None if it is what was claimed and processed."""
-    try:
-        st = path.lstat()
-    except FileNotFoundError:
-        return "it vanished from the work folder"
-    if not snapshot.same_file(st):
-        return "it was replaced"
-    if (st.st_size, st.st_mtime_ns) != (snapshot.size, snapshot.mtime_ns):
-        return f"it changed ({snapshot.size} -> {st.st_size} bytes)"
-    if st.st_ctime_ns != snapshot.ctime_ns:
-        # ctime also moves when a link is added or removed: only the bytes can tell.
-        try:
-            same = hash_claimed_now(path) == digest
-        except OSError:
-            same = False
-        if not same:
-            return "its content changed"
-    return None
-
-
-def hash_claimed_now(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb", opener=lambda p, f: os.open(p, f | os.O_NOFOLLOW)) as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 class Withdrawn(Exception):

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,17 +16,20 @@ import pytest
 
 from edgeguard.config import PathsConfig
 from edgeguard.daemon.claim import (
+    Changed,
     Refused,
     Snapshot,
     _open_for_writing_in_proc,
     being_written,
+    changes,
+    hash_claimed,
     link_into,
     open_regular,
     release,
 )
 from edgeguard.daemon.folders import FolderLocks, prepare
 from edgeguard.daemon.logs import OneLine, escape
-from edgeguard.errors import SetupError
+from edgeguard.errors import Cancelled, SetupError
 
 
 @pytest.fixture
@@ -182,3 +187,37 @@ def test_release_leaves_what_is_not_the_claimed_file_as_it_was(incoming: tuple[P
     (folder / "a.mp4").mkdir()
     assert not release("a.mp4", dir_fd, snap, work / ".1.release")
     assert (folder / "a.mp4").is_dir() and not (work / ".1.release").exists()
+
+
+def test_hashing_reads_exactly_the_claimed_bytes_and_stops_when_told(tmp_path: Path) -> None:
+    """Bounded by the claimed size (a file still growing cannot keep it reading) and cancellable
+    (the time limit and SIGTERM stop it, where reading a device once never ended)."""
+    path = tmp_path / "a.mp4"
+    path.write_bytes(b"x" * (3 << 20))
+    snap = Snapshot.of(path.stat())
+    never = threading.Event()
+    digest = hash_claimed(path, snap, never, lambda: None)
+    assert digest == hashlib.sha256(b"x" * (3 << 20)).hexdigest()
+    assert changes(path, snap, digest) is None
+    stop = threading.Event()
+    calls = []
+
+    def alive() -> None:
+        calls.append(1)
+        stop.set()  # as the main loop would when the time limit passes
+
+    with pytest.raises(Cancelled):
+        hash_claimed(path, snap, stop, alive)
+    assert len(calls) == 1, "stopped after the first chunk"
+    with path.open("ab") as f:
+        f.write(b"late")
+    with pytest.raises(Changed):
+        hash_claimed(path, snap, never, lambda: None)
+    assert changes(path, snap, digest) == f"it changed ({3 << 20} -> {(3 << 20) + 4} bytes)"
+    # Rewritten in place at the same size with mtime put back: only the bytes tell.
+    os.truncate(path, 3 << 20)
+    st = path.stat()
+    with path.open("r+b") as f:
+        f.write(b"y")
+    os.utime(path, ns=(st.st_atime_ns, snap.mtime_ns))
+    assert changes(path, snap, digest) == "its content changed"
