@@ -114,7 +114,12 @@ def make_clip(src: Path, dst: Path, start: int, count: int) -> Path:
 
 def faststart(src: Path, dst: Path) -> Path:
     """`src`'s video packets remuxed with the index (moov) first, as cameras and our outputs write it."""
-    with av.open(os.fspath(src)) as inp, av.open(os.fspath(dst), "w", options={"movflags": "+faststart"}) as out:
+    return remux_video(src, dst, options={"movflags": "+faststart"})
+
+
+def remux_video(src: Path, dst: Path, **output: Any) -> Path:
+    """`src`'s video packets copied into `dst`, opened with `output` (format=, options=)."""
+    with av.open(os.fspath(src)) as inp, av.open(os.fspath(dst), "w", **output) as out:
         vin = inp.streams.video[0]
         vout = out.add_stream_from_template(vin)
         for packet in inp.demux(vin):

@@ -40,6 +40,7 @@ from tests.daemon.conftest import (
     frame_count,
     names,
     regular_files,
+    remux_video,
     sha256,
     wait_until,
 )
@@ -236,18 +237,6 @@ def swap_loop(folder: Path, regulars: dict[str, Path], target: Path, stop: threa
             flip(name, now)
 
 
-def remux_ts(src: Path, dst: Path) -> Path:
-    """`src`'s video packets in MPEG-TS, a container that declares no frame count."""
-    with av.open(os.fspath(src)) as inp, av.open(os.fspath(dst), "w", format="mpegts") as out:
-        vin = inp.streams.video[0]
-        vout = out.add_stream_from_template(vin)
-        for packet in inp.demux(vin):
-            if packet.dts is not None:
-                packet.stream = vout
-                out.mux(packet)
-    return dst
-
-
 def image_size(path: Path) -> tuple[int, int] | None:
     img = cv2.imread(str(path), cv2.IMREAD_COLOR)
     return None if img is None else (int(img.shape[1]), int(img.shape[0]))
@@ -391,7 +380,7 @@ def test_hard_link_truncated_outside_after_the_claim(
     outside = tmp_path / "elsewhere" / f"cam.{fmt}"
     outside.parent.mkdir()
     if fmt == "ts":
-        remux_ts(long_clip, outside)
+        remux_video(long_clip, outside, format="mpegts")  # declares no frame count
     else:
         shutil.copyfile(long_clip, outside)
     full, size, full_sha = frame_count(outside), outside.stat().st_size, sha256(outside)
