@@ -853,13 +853,16 @@ def test_an_incoming_folder_given_as_a_symlink_is_resolved_once(daemon: Daemon, 
     link.symlink_to(real)
     d.configure(watch={"rescan_seconds": 3600.0}, paths={"incoming": str(link)})  # events only, no rescans
     d.start()
-    assert f"paths.incoming: {link} is a symlink; using {real}" in d.log()
     clip = clips.clip(0, 10)
     tmp = real / ".a.mp4.uploading"
     shutil.copyfile(clip, tmp)
     os.rename(tmp, real / "a.mp4")
     wait_until((d.output / "a.mp4").exists, 60, "a.mp4 published from an event", 0.1, d.log_tail)
-    # Repointing the link later changes nothing for the running daemon.
+    # Repointing the link later changes nothing for the running daemon, however often it rescans.
+    mark = d.mark()
+    d.configure(watch={"rescan_seconds": 0.5})
+    d.hup()
+    d.wait_field("READY", "1", mark)
     other = tmp_path / "eg" / "elsewhere"
     other.mkdir()
     link.unlink()
@@ -868,4 +871,32 @@ def test_an_incoming_folder_given_as_a_symlink_is_resolved_once(daemon: Daemon, 
     os.rename(other / ".b.mp4.uploading", other / "b.mp4")
     time.sleep(3)
     assert names(other) == ["b.mp4"], "the daemon followed the link anew"
+    assert f"paths.incoming: {link} is a symlink; using {real}" in d.log()
     assert d.terminate(timeout=15) == 0
+
+
+def test_reading_a_huge_file_counts_as_an_attempt_and_stops_on_sigterm(daemon: Daemon, tmp_path: Path) -> None:
+    """Hashing 16 GiB (sparse: no disk used) takes many seconds. It is an attempt from its first byte
+    (a read that hangs the daemon must become poison, not start again at attempt 0), and SIGTERM
+    stops it within the grace time (reading /dev/zero once held the daemon for good)."""
+    d = daemon
+    # The free-space estimate would ask for twice the input's size on the output disk.
+    d.configure(daemon={"output_ratio": 0.0001, "stop_grace": 2.0})
+    huge = tmp_path / "stage" / "huge.mp4"
+    huge.parent.mkdir()
+    with huge.open("wb") as f:
+        f.truncate(16 << 30)
+    d.start()
+    os.rename(huge, d.incoming / "huge.mp4")
+    wait_until(d.jobs, 30, "huge.mp4 claimed", 0.05, d.log_tail)
+    time.sleep(1.0)
+    d.kill()
+    [job] = d.jobs()
+    assert job["attempts"] == 1, job
+    d.start()
+    wait_until(lambda: d.jobs()[0]["attempts"] == 2, 30, "the second attempt", 0.05, d.log_tail)
+    time.sleep(0.5)
+    sent = time.monotonic()
+    assert d.terminate(timeout=30) == 0, d.log()
+    assert time.monotonic() - sent < 2.0 + 5.0, "SIGTERM waited for the read to end"
+    assert d.jobs()[0]["state"] == "queued"
