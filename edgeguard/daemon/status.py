@@ -6,6 +6,7 @@ from typing import Any
 
 from edgeguard.daemon import ledger as L
 from edgeguard.daemon.folders import Folders
+from edgeguard.daemon.logs import escape
 
 
 def collect(folders: Folders, failures: int = 10) -> dict[str, Any]:
@@ -35,7 +36,8 @@ def render(report: dict[str, Any]) -> str:
     lines.append("counts: " + (", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "no jobs yet"))
     for j in report["in_progress"]:
         pct = f" {j['progress']:.0%}" if j["progress"] is not None else ""
-        lines.append(f"in progress: job {j['job']} {j['file']} ({j['state']}{pct}, attempt {j['attempts']})")
+        lines.append(f"in progress: job {j['job']} {escape(j['file'])} ({j['state']}{pct}, attempt {j['attempts']})")
     for f in report["last_failures"]:
-        lines.append(f"failed: job {f['job']} {f['file']} at {f['stage']}: {f['reason']}")
+        # Names are other users' text: one line each, whatever they hold.
+        lines.append(f"failed: job {f['job']} {escape(f['file'])} at {f['stage']}: {escape(f['reason'] or '')}")
     return "\n".join(lines)

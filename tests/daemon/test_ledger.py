@@ -199,3 +199,17 @@ def test_status_reports_counts_progress_and_failures(tmp_path: Path) -> None:
     text = status.render(report)
     assert "in progress: job 2 b.mp4 (processing 40%, attempt 1)" in text
     assert "failed: job 3 c.mp4 at probe: empty file (0 bytes)" in text
+
+
+def test_status_shows_each_job_on_one_line_whatever_its_name(tmp_path: Path) -> None:
+    folders = _folders(tmp_path)
+    db = Ledger(folders.ledger)
+    try:
+        bad = db.add("evil\nfailed: job 9 forged.mp4", Path(), 1)
+        db.update(bad, state=FAILED, stage="probe", reason="not a readable media file")
+        text = status.render(status.collect(folders))
+    finally:
+        db.close()
+    assert [line for line in text.splitlines() if line.startswith("failed:")] == [
+        "failed: job 1 evil\\nfailed: job 9 forged.mp4 at probe: not a readable media file"
+    ]
