@@ -39,7 +39,7 @@ _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_
 
 @dataclass(frozen=True)
 class Snapshot:
-    """What a claimed file was when it was claimed; a change in any of these is a change of content."""
+    """What a claimed file was when it was claimed (ctime also moves when a name is added or removed)."""
 
     dev: int
     ino: int
@@ -53,9 +53,6 @@ class Snapshot:
 
     def same_file(self, st: os.stat_result) -> bool:
         return (self.dev, self.ino) == (st.st_dev, st.st_ino)
-
-    def unchanged(self, st: os.stat_result) -> bool:
-        return self == Snapshot.of(st)
 
 
 class Refused(Exception):

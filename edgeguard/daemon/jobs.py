@@ -89,7 +89,7 @@ class Jobs:
         finally:
             os.close(fd)
         fsync_dir(self.folders.work)
-        # After the link: linking moves ctime, and the snapshot is what "unchanged" compares against.
+        # After the link: linking moves ctime, and the snapshot is what later checks compare against.
         self._record(job_id, work)
         log.info("claimed %s as job %d", name, job_id, extra=_fields(name, job_id))
         return job_id
@@ -148,7 +148,7 @@ class Jobs:
                 Path(result.output).unlink(missing_ok=True)
                 raise Changed(why)
         except Changed as exc:
-            reason = f"{exc} while being processed; taken again once it settles"
+            reason = f"{exc}; nothing published, taken again once it settles"
             raise self._withdraw(job, snapshot, reason, None) from None
         except Cancelled as exc:
             # A rollback, not a crash: the attempt does not count toward max_attempts.
@@ -402,8 +402,9 @@ class Jobs:
             snap = _snapshot(job)
             try:
                 st = holding.lstat()
-                if job is not None and snap is not None and stat.S_ISREG(st.st_mode) and snap.same_file(st):
-                    holding.unlink()  # the claimed file: its work link (or its final place) holds it
+                ours = job is not None and snap is not None and stat.S_ISREG(st.st_mode) and snap.same_file(st)
+                if ours and snap is not None and (st.st_size, st.st_mtime_ns) == (snap.size, snap.mtime_ns):
+                    holding.unlink()  # the claimed file, unchanged: its work link still holds it
                     continue
                 # Anything else (another upload, a folder someone made) goes back where it was.
                 name = job.name if job is not None else f"recovered-{number}"  # no row: no name to give

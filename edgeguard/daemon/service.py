@@ -163,9 +163,6 @@ class Worker(threading.Thread):
         except FileError as exc:  # transient: disk full and the like
             self.retry_after = time.monotonic() + self.setup.cfg.daemon.pause_seconds
             log.warning("%s: %s; kept for a retry in %.0f s", job.name, exc.reason, self.setup.cfg.daemon.pause_seconds)
-        except sqlite3.Error:
-            self.retry_after = time.monotonic() + self.setup.cfg.daemon.pause_seconds
-            raise
         except OSError as exc:
             # The folders themselves misbehave (e.g. disk full while moving); nothing is lost,
             # the job goes back to the queue (the attempt counts, as a crash's would).
@@ -220,7 +217,7 @@ class Service:
         worker.ready.wait()
         if worker.failed_start is not None:
             raise worker.failed_start
-        self._ledger_id = _file_id(setup.folders.ledger)
+        self._ledger_id = _file_id(worker.ledger.path)
         arrivals = Arrivals(setup.folders.incoming, setup.cfg.watch)
         arrivals.start()
         log.info(
@@ -254,11 +251,12 @@ class Service:
             last_tick = now
             if now >= next_ledger_check:
                 next_ledger_check = now + LEDGER_CHECK
-                if _file_id(setup.folders.ledger) != self._ledger_id:
+                # The worker's ledger: a reload does not reopen it, even if paths.state changed.
+                if _file_id(worker.ledger.path) != self._ledger_id:
                     log.error(
                         "the ledger %s was deleted or replaced while running; stopping (a restart begins a new"
                         " one, and what it no longer knows may be processed again)",
-                        setup.folders.ledger,
+                        worker.ledger.path,
                     )
                     self.exit_code = ExitCode.SETUP
                     self.stop.set()

@@ -900,3 +900,27 @@ def test_reading_a_huge_file_counts_as_an_attempt_and_stops_on_sigterm(daemon: D
     assert d.terminate(timeout=30) == 0, d.log()
     assert time.monotonic() - sent < 2.0 + 5.0, "SIGTERM waited for the read to end"
     assert d.jobs()[0]["state"] == "queued"
+
+
+def test_budgets_refuse_tiny_frame_floods_and_deep_pixels(daemon: Daemon, clips: Clips, tmp_path: Path) -> None:
+    """A flood of frames with no declared count (MPEG-TS) and a 16-bit RGBA PNG are failed with the
+    budget they break, the originals kept in failed/; an ordinary clip is still done after them."""
+    d = daemon
+    # 3 MiB: a 720p frame (2.6 MiB) fits, a 700x700 16-bit RGBA picture (3.7 MiB) does not.
+    d.configure(media={"max_frames": 20, "max_frame_mb": 3})
+    stage = tmp_path / "stage"
+    stage.mkdir()
+    flood = remux_video(clips.clip(0, 40), stage / "flood.ts", format="mpegts")
+    deep = stage / "deep.png"
+    assert cv2.imwrite(str(deep), np.full((700, 700, 4), 40000, np.uint16))
+    d.start()
+    for path in (flood, deep):
+        os.rename(path, d.incoming / path.name)
+    d.drop(clips.clip(0, 10), "fine.mp4")
+    d.wait_states({"failed": 2, "done": 1}, timeout=90)
+    d.wait_idle()
+    assert "media.max_frames=20" in d.error_report("flood.ts")["reason"]
+    assert "media.max_frame_mb=3" in d.error_report("deep.png")["reason"]
+    assert sorted(n for n in names(d.failed) if not n.endswith(".json")) == ["deep.png", "flood.ts"]
+    assert names(d.output) == ["fine.mp4"]
+    assert d.terminate(timeout=15) == 0
