@@ -191,7 +191,13 @@ class Jobs:
         if here is not None and snapshot.same_file(here):
             work.unlink(missing_ok=True)  # the name in incoming still holds it
         elif work.exists():
-            move_noclobber(work, self.folders.incoming, job.name)
+            # Recorded first: after a crash mid-move, recovery finds it there (perhaps as NAME-1).
+            move_noclobber(
+                work,
+                self.folders.incoming,
+                job.name,
+                before=lambda dst: self.ledger.update(job.id, final_path=str(dst)),
+            )
         fsync_dir(self.folders.work)
         self.ledger.update(job.id, state=L.WITHDRAWN, reason=reason, attempts=job.attempts)
         log.warning("%s: %s", job.name, reason, extra=_fields(job.name, job.id, "withdrawn"))
@@ -358,8 +364,9 @@ class Jobs:
             self._fail(job.id, Path(job.work_path), job.reason, job.stage or "recover")
             return
         snap = _snapshot(job)
+        given_back = final.name if final is not None and final.parent == self.folders.incoming else job.name
         try:
-            here = os.stat(job.name, dir_fd=self.incoming_fd, follow_symlinks=False)
+            here = os.stat(given_back, dir_fd=self.incoming_fd, follow_symlinks=False)
         except FileNotFoundError:
             here = None
         if snap is not None and here is not None and snap.same_file(here) and not job.output:

@@ -295,3 +295,42 @@ def test_recovery_keeps_originals_named_like_temporaries_and_odd_leftovers(tmp_p
     assert rows[job_id].state == "done", rows[job_id]
     assert sha256(f.quarantine / "x.partial.jpg") == sha256(city)
     assert names(f.output) == ["b.jpg", "x.partial.jpg"]
+
+
+def test_a_job_given_back_under_another_name_is_found_after_a_crash(
+    tmp_path: Path, engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Withdrawn while a new upload holds its name: it goes back as NAME-1, recorded before the
+    move, so a crash right after the move leaves a job that says where the file is, not "lost"."""
+    jobs = _jobs(tmp_path, engine)
+    f = jobs.folders
+    city = media("city.jpg")
+    (f.incoming / "a.jpg").write_bytes(city.read_bytes())
+    job_id = jobs.claim("a.jpg")
+    # Someone replaces the upload (new inode under the name) and appends to the claimed one.
+    os.rename(f.incoming / "a.jpg", tmp_path / "aside.jpg")
+    (f.incoming / "a.jpg").write_bytes(b"another upload")
+    with (tmp_path / "aside.jpg").open("ab") as w:
+        w.write(b"late bytes")
+
+    real_fsync_dir = folders_mod.fsync_dir
+
+    def crash_after_the_move(path: Path) -> None:
+        real_fsync_dir(path)
+        if path == f.work:  # move_noclobber's last fsync: the work name is gone
+            raise Crash
+
+    monkeypatch.setattr(folders_mod, "fsync_dir", crash_after_the_move)
+    with pytest.raises(Crash):
+        jobs.run(job_id, threading.Event(), lambda _f: None)
+    monkeypatch.setattr(folders_mod, "fsync_dir", real_fsync_dir)
+    jobs.ledger.close()
+
+    assert (f.incoming / "a.jpg").read_bytes() == b"another upload"
+    assert (f.incoming / "a-1.jpg").read_bytes() == city.read_bytes() + b"late bytes"
+    again = _jobs(tmp_path, engine)
+    again.recover()
+    job = again.ledger.get(job_id)
+    again.ledger.close()
+    assert job is not None and job.state == "withdrawn", job
+    assert job.final_path == str(f.incoming / "a-1.jpg")
