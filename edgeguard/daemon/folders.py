@@ -62,8 +62,8 @@ def prepare(paths: PathsConfig) -> Folders:
             problems.append(f"paths.{key}: {path} is not a writable folder: {exc.strerror or exc}")
     if problems:
         raise SetupError("; ".join(problems))
-    incoming = folders.incoming.stat()
-    if incoming.st_mode & stat.S_ISVTX and incoming.st_uid != os.geteuid() != 0:
+    incoming, me = folders.incoming.stat(), os.geteuid()
+    if incoming.st_mode & stat.S_ISVTX and me not in (0, incoming.st_uid):
         # The daemon takes each upload's name away when done: a sticky folder forbids that.
         raise SetupError(
             f"paths.incoming: {folders.incoming} is sticky (+t) and not owned by the daemon's user;"

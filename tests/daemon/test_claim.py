@@ -5,8 +5,10 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -221,3 +223,33 @@ def test_hashing_reads_exactly_the_claimed_bytes_and_stops_when_told(tmp_path: P
         f.write(b"y")
     os.utime(path, ns=(st.st_atime_ns, snap.mtime_ns))
     assert changes(path, snap, digest) == "its content changed"
+
+
+def test_a_sticky_incoming_folder_not_ours_is_a_setup_error() -> None:
+    """In a +t folder only a file's owner may rename it away: a daemon that does not own the folder
+    could never take finished uploads out, so it says so at start instead of at every file."""
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("SKIPPED: needs root and setpriv to run prepare() as another user")
+    root = Path(tempfile.mkdtemp(prefix="eg-sticky-"))  # not under pytest's 0700 tmp: nobody must reach it
+    try:
+        root.chmod(0o755)
+        for name in PathsConfig.model_fields:
+            (root / name).mkdir()
+            if name != "incoming":
+                os.chown(root / name, 65534, 65534)
+        (root / "incoming").chmod(0o1777)  # root's, like /tmp: anyone may add, only owners remove
+        script = (
+            "from edgeguard.config import PathsConfig; from edgeguard.daemon.folders import prepare;"
+            f"prepare(PathsConfig.model_validate({{k: {str(root)!r} + '/' + k for k in PathsConfig.model_fields}}))"
+        )
+        done = subprocess.run(
+            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c", script],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=Path(__file__).parents[2],
+            check=False,
+        )
+        assert done.returncode != 0 and "is sticky (+t) and not owned by the daemon's user" in done.stderr, done
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
