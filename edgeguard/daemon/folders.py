@@ -126,12 +126,13 @@ class FolderLocks:
 
 
 def output_problem(folders: Folders) -> str | None:
-    """Why nothing can be published into the output folder now, or None."""
-    try:
-        with tempfile.NamedTemporaryFile(dir=folders.output, prefix=".edgeguard-probe-"):
-            pass
-    except OSError as exc:
-        return f"{folders.output} is not writable: {exc.strerror or exc}"
+    """Why nothing can be published into the output folder now, or None.
+
+    access(), not a probe file: a kill between creating and removing one would leave
+    it in the output folder, where consumers look. access() also reports a read-only mount.
+    """
+    if not os.access(folders.output, os.W_OK | os.X_OK):
+        return f"{folders.output} is not writable by the daemon"
     return None
 
 
