@@ -30,6 +30,8 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
+from edgeguard.frames import Image
+
 log = logging.getLogger(__name__)
 
 JUDGE_VERSION = "nanodet-ms1280-t416-o50-c45+centerface20+yunet60-v1"
@@ -43,7 +45,6 @@ MEAN = np.array([103.53, 116.28, 123.675], np.float32)
 STD = np.array([57.375, 57.12, 58.395], np.float32)
 
 Boxes = npt.NDArray[np.float32]  # n x 5: x0, y0, x1, y1, score
-Image = npt.NDArray[np.uint8]
 
 
 def _nms(boxes: Boxes, iou: float) -> Boxes:

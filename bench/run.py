@@ -41,9 +41,10 @@ from edgeguard.config import Config, load_config
 from edgeguard.detections import Detections
 from edgeguard.detectors import Detector, create_detector
 from edgeguard.engine import Engine
+from edgeguard.frames import Mask
 from edgeguard.media import image as image_io
 from edgeguard.media import video as video_io
-from edgeguard.protection import Mask, hide, rasterize
+from edgeguard.protection import hide, rasterize
 
 YOLOX, MASKRCNN = "yolox_nano", "mask_rcnn"
 

@@ -6,20 +6,17 @@ import argparse
 import faulthandler
 import json
 import logging
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from edgeguard import __version__
+from edgeguard import __version__, env
 from edgeguard.config import Config, load_config
 from edgeguard.daemon.logs import OneLine
 from edgeguard.errors import ConfigError, EdgeguardError, ExitCode, UsageError
 
 log = logging.getLogger(__name__)
-
-DEFAULT_CONFIG_ENV = "EDGEGUARD_CONFIG"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -28,9 +25,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "-c", "--config", type=Path, help=f"YAML config (default: ${DEFAULT_CONFIG_ENV} or built-in defaults)"
-    )
+    p.add_argument("-c", "--config", type=Path, help=f"YAML config (default: ${env.CONFIG} or built-in defaults)")
     p.add_argument(
         "--set",
         dest="overrides",
@@ -74,16 +69,18 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(ml)
     mf = msub.add_parser("fetch", help="download (or copy --from DIR) and verify model files")
     mf.add_argument("names", nargs="*", metavar="NAME", help="models to fetch (default: the configured one)")
-    mf.add_argument("--from", dest="source", type=Path, help="offline source folder (default: $EDGEGUARD_MODEL_SOURCE)")
+    mf.add_argument("--from", dest="source", type=Path, help=f"offline source folder (default: ${env.MODEL_SOURCE})")
     _config_args(mf)
     return p
 
 
 def _load(args: argparse.Namespace) -> Config:
-    path = args.config
-    if path is None and os.environ.get(DEFAULT_CONFIG_ENV):
-        path = Path(os.environ[DEFAULT_CONFIG_ENV])
-    return load_config(path, args.overrides)
+    return load_config(_config_path(args), args.overrides)
+
+
+def _config_path(args: argparse.Namespace) -> Path | None:
+    path: Path | None = args.config
+    return path if path is not None else env.path(env.CONFIG)
 
 
 def _setup_logging(verbose: bool, level: str = "info") -> None:
@@ -205,9 +202,7 @@ def _cmd_models(args: argparse.Namespace) -> int:
             mark = "*" if name == cfg.detector.model else " "
             print(f"{mark} {name:32} {m.backend:9} {state:12} {m.description}")
         return ExitCode.OK
-    source = args.source or (
-        Path(os.environ["EDGEGUARD_MODEL_SOURCE"]) if os.environ.get("EDGEGUARD_MODEL_SOURCE") else None
-    )
+    source = args.source or env.path(env.MODEL_SOURCE)
     for name in args.names or [cfg.detector.model]:
         paths = models.fetch(models.find_manifest(name, dirs), cfg.models_dir(), source=source)
         for path in paths:
@@ -223,10 +218,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     logs.setup(cfg.logging.level, verbose=args.verbose)
     # A watchdog SIGABRT then leaves every thread's stack in the journal.
     faulthandler.enable()
-    path = args.config
-    if path is None and os.environ.get(DEFAULT_CONFIG_ENV):
-        path = Path(os.environ[DEFAULT_CONFIG_ENV])
-    return Service(path, args.overrides).run()
+    return Service(_config_path(args), args.overrides).run()
 
 
 def _cmd_status(args: argparse.Namespace) -> int:

@@ -7,7 +7,6 @@ can go straight to the line.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -15,6 +14,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from edgeguard import env
 from edgeguard.errors import ConfigError
 
 Target = Literal["cpu", "opencl", "opencl_fp16", "cuda", "cuda_fp16"]
@@ -217,8 +217,7 @@ class Config(Section):
     logging: LoggingConfig = LoggingConfig()
 
     def models_dir(self) -> Path:
-        env = os.environ.get("EDGEGUARD_MODELS_DIR")
-        return Path(env) if env else self.models.dir
+        return env.path(env.MODELS_DIR) or self.models.dir
 
 
 # ---------------------------------------------------------------- loading

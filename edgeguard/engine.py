@@ -22,12 +22,13 @@ from edgeguard.detectors import create_detector
 from edgeguard.detectors.base import Detector
 from edgeguard.durable import fsync_file
 from edgeguard.errors import Cancelled, EdgeguardError, FileError, InputError
+from edgeguard.frames import Image, Mask
 from edgeguard.media import image as image_io
 from edgeguard.media import media_kind
 from edgeguard.media import video as video_io
-from edgeguard.protection import Mask, Pads, as_heads, hide, rasterize
+from edgeguard.protection import Pads, as_heads, hide, rasterize
 from edgeguard.stages import Consumer, Producer
-from edgeguard.temporal import Image, Planned, Planner
+from edgeguard.temporal import Planned, Planner
 
 log = logging.getLogger(__name__)
 

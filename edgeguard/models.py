@@ -32,14 +32,13 @@ from typing import Any
 
 import yaml
 
+from edgeguard import env
 from edgeguard.durable import fsync_dir
 from edgeguard.errors import ConfigError, ModelChecksumError, ModelMissingError, SetupError
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "mask_rcnn_inception_v2_coco"
-ENV_MODELS_DIR = "EDGEGUARD_MODELS_DIR"
-ENV_MODEL_SOURCE = "EDGEGUARD_MODEL_SOURCE"
 
 _CHUNK = 1 << 20
 _STALE_STAGING_SECONDS = 24 * 3600
@@ -603,7 +602,7 @@ def _user_agent() -> str:
 
 def _download(url: str, dest: Path, name: str, timeout: float) -> Path:
     """Stream `url` to `dest`, logging progress; network failures become one-line SetupErrors."""
-    hint = f"provision offline with `edgeguard models fetch {name} --from DIR` or {ENV_MODEL_SOURCE}"
+    hint = f"provision offline with `edgeguard models fetch {name} --from DIR` or {env.MODEL_SOURCE}"
 
     def failed(reason: str, exc: BaseException | None = None) -> _UnavailableError:
         error = SetupError(f"cannot download {url}: {reason}; {hint}")

@@ -8,10 +8,9 @@ import numpy.typing as npt
 
 from edgeguard.config import ProtectConfig
 from edgeguard.detections import Detections, clip_boxes
+from edgeguard.frames import Image, Mask
 
-Mask = npt.NDArray[np.uint8]  # HxW, 255 = hide
 Pads = npt.NDArray[np.int32]  # pixels to grow each instance by, beside `dilate`
-Image = npt.NDArray[np.uint8]
 
 
 def rasterize(

@@ -27,10 +27,10 @@ import numpy.typing as npt
 from edgeguard.carry import Interval, Margins, Placement, placed_detections
 from edgeguard.config import TemporalConfig
 from edgeguard.detections import Detections
-from edgeguard.protection import Mask, Pads
+from edgeguard.frames import Image, Mask
+from edgeguard.protection import Pads
 from edgeguard.tracking import FlowFrame, Track, seed, step
 
-Image = npt.NDArray[np.uint8]
 T = TypeVar("T")
 # (detections, width, height, extra pixels around each instance or None) -> mask
 Rasterize = Callable[[Detections, int, int, "Pads | None"], Mask]

@@ -21,8 +21,8 @@ import numpy as np
 import numpy.typing as npt
 
 from edgeguard.detections import BoolArray, Detections
+from edgeguard.frames import Image
 
-Image = npt.NDArray[np.uint8]
 Points = npt.NDArray[np.float32]  # n x 2, track scale
 
 TRACK_WIDTH = 640  # frames wider than this are tracked on a copy this wide

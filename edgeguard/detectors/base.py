@@ -10,16 +10,15 @@ from typing import ClassVar
 
 import cv2
 import numpy as np
-import numpy.typing as npt
 
 from edgeguard import dnn_target
 from edgeguard.config import DetectorConfig
 from edgeguard.detections import Detections, clip_boxes
 from edgeguard.errors import ConfigError, SetupError
+from edgeguard.frames import Image
 
 log = logging.getLogger(__name__)
 
-Image = npt.NDArray[np.uint8]
 
 # Darknet-style label files spell some COCO classes differently; configs use COCO's names.
 COCO_ALIASES = {

@@ -12,8 +12,9 @@ import numpy as np
 
 from edgeguard import dnn_target
 from edgeguard.detections import Detections, clip_boxes
-from edgeguard.detectors.base import Detector, Image
+from edgeguard.detectors.base import Detector
 from edgeguard.errors import SetupError
+from edgeguard.frames import Image
 
 log = logging.getLogger(__name__)
 

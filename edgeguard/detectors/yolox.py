@@ -16,8 +16,9 @@ import numpy.typing as npt
 
 from edgeguard import dnn_target
 from edgeguard.detections import Detections, clip_boxes
-from edgeguard.detectors.base import Detector, Image
+from edgeguard.detectors.base import Detector
 from edgeguard.errors import ConfigError, SetupError
+from edgeguard.frames import Image
 
 STRIDES = (8, 16, 32)
 NATIVE_SIZE = 416

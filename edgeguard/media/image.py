@@ -20,13 +20,13 @@ import numpy as np
 import numpy.typing as npt
 
 from edgeguard.errors import FileError, InputError
+from edgeguard.frames import Image
 from edgeguard.media.checks import check_input
 
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp"})
 
-Image = npt.NDArray[np.uint8]
 
 # Write failures worth retrying later: the disk, not the input, is the problem.
 _TRANSIENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO})

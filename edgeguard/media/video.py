@@ -24,7 +24,6 @@ from typing import Literal, Self, cast
 import av
 import av.error
 import numpy as np
-import numpy.typing as npt
 from av.audio.stream import AudioStream
 from av.container import InputContainer, OutputContainer
 from av.packet import Packet
@@ -37,6 +36,7 @@ from av.video.reformatter import ColorRange, Colorspace
 from av.video.stream import VideoStream
 
 from edgeguard.errors import FileError, InputError
+from edgeguard.frames import Image
 from edgeguard.media.checks import check_input
 
 log = logging.getLogger(__name__)
@@ -72,8 +72,6 @@ _SWS_MATRIX = {
     10: Colorspace.BT2020,  # BT2020_CL
 }
 _UNSPECIFIED = 2  # AVCOL_SPC/PRI/TRC_UNSPECIFIED share the value 2
-
-Image = npt.NDArray[np.uint8]
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import media
-from tests.daemon.conftest import (
+from tests.e2e.daemon.conftest import (
     START_TIMEOUT,
     Clips,
     Daemon,

@@ -9,9 +9,8 @@ import pytest
 
 from edgeguard.config import ProtectConfig
 from edgeguard.detections import Detections
+from edgeguard.frames import Image
 from edgeguard.protection import grow, hide, rasterize
-
-Image = npt.NDArray[np.uint8]
 
 
 def noise(h: int, w: int, seed: int = 0) -> Image:

@@ -30,7 +30,7 @@ from edgeguard.daemon.jobs import Jobs
 from edgeguard.daemon.ledger import Ledger
 from edgeguard.engine import Engine
 from tests.conftest import media
-from tests.daemon.conftest import Clips, Daemon, frame_count, names, sha256, tagged_jpeg
+from tests.e2e.daemon.conftest import Clips, Daemon, frame_count, names, sha256, tagged_jpeg
 
 SEED = int(os.environ.get("EDGEGUARD_CRASH_SEED", "20261124"))
 TRIALS = int(os.environ.get("EDGEGUARD_CRASH_TRIALS", "24"))

@@ -13,9 +13,9 @@ from pydantic import BaseModel
 
 from edgeguard.config import Config, dump_defaults, load_config
 from edgeguard.errors import ConfigError
-from tests.test_cli import cli, error_lines
+from tests.conftest import REPO
+from tests.support.cli import cli, error_lines
 
-REPO = Path(__file__).resolve().parents[1]
 SHIPPED = REPO / "config" / "edgeguard.yaml"
 
 

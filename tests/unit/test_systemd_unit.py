@@ -15,8 +15,8 @@ import yaml
 
 from edgeguard.config import DaemonConfig, load_config
 from edgeguard.errors import ExitCode
+from tests.conftest import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 UNIT = REPO / "systemd" / "edgeguard.service"
 INSTALL = REPO / "systemd" / "install.sh"
 SHIPPED_EXEC = "/opt/edgeguard/venv/bin/edgeguard"

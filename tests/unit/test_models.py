@@ -22,10 +22,8 @@ import yaml
 
 from edgeguard import models
 from edgeguard.errors import ConfigError, ModelChecksumError, ModelMissingError, SetupError
+from tests.conftest import CANDIDATES, REPO, SHARED
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("EDGEGUARD_SHARED", REPO.parent / "shared"))
-CANDIDATES = SHARED / "models" / "candidates"
 YOLOX_FILES = ["yolox_nano.onnx", "coco.names", "selfie_segmentation.tflite", "face_detection_yunet_2026may.onnx"]
 
 

@@ -20,8 +20,8 @@ from edgeguard.detectors import create_detector
 from edgeguard.detectors.maskrcnn import CALM, MaskRCNN, RowLadder, gate_classes, tune_graph
 from edgeguard.errors import SetupError
 from tests.conftest import CANDIDATES, PBTXT, media, need, standin_overrides
+from tests.support.cli import cli, error_lines, ffmpeg
 from tests.support.probe import ffprobe, frame_times, streams
-from tests.test_cli import cli, error_lines, ffmpeg
 
 MODEL = "mask_rcnn_inception_v2_coco"
 RGB = (255, 0, 255)

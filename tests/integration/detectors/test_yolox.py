@@ -16,10 +16,9 @@ from edgeguard.detections import Detections
 from edgeguard.detectors import create_detector
 from edgeguard.detectors.base import Detector
 from edgeguard.errors import ConfigError
+from edgeguard.frames import Image
 from tests.conftest import media
-from tests.test_cli import cli, error_lines
-
-Image = npt.NDArray[np.uint8]
+from tests.support.cli import cli, error_lines
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ import pytest
 from edgeguard import dnn_target
 from edgeguard.errors import ExitCode, TargetUnavailableError
 from tests.conftest import REPO, media
-from tests.test_cli import YOLOX, cli, error_lines
+from tests.support.cli import YOLOX, cli, error_lines
 
 OPENCL_ENV = ("OPENCV_OPENCL_DEVICE", "OPENCV_DNN_OPENCL_ALLOW_ALL_DEVICES")
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 from collections.abc import Callable, Iterator
@@ -17,19 +16,14 @@ from av.audio.stream import AudioStream
 
 from edgeguard.errors import FileError, InputError
 from edgeguard.media import VIDEO_EXTENSIONS, Frame, VideoInfo, VideoReader, VideoWriter, media_kind
+from tests.conftest import media
 from tests.support.probe import ffprobe, frame_times, streams, top_level_boxes
 
-REPO = Path(__file__).resolve().parents[2]
-SHARED = Path(os.environ.get("EDGEGUARD_SHARED", str(REPO.parent / "shared")))
-MEDIA = SHARED / "media"
 MAX_PIXELS = 40_000_000
 
 
 def clip(name: str) -> Path:
-    path = MEDIA / name
-    if not path.is_file():
-        pytest.skip(f"SHARED MEDIA FILE ABSENT: {path} (set EDGEGUARD_SHARED to the shared dir)")
-    return path
+    return media(name)
 
 
 def roundtrip(src: Path, out: Path, **kwargs: Any) -> tuple[VideoInfo, list[Fraction]]:

@@ -24,7 +24,7 @@ from edgeguard.daemon.service import Service, Setup, Worker
 from edgeguard.daemon.watcher import Arrivals
 from edgeguard.engine import Engine
 from tests.conftest import media
-from tests.daemon.conftest import (
+from tests.e2e.daemon.conftest import (
     LONG_FRAMES,
     Clips,
     Daemon,

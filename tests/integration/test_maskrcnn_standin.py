@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 
 import cv2
@@ -11,12 +10,10 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
+from tests.conftest import MEDIA, PBTXT
 from tests.support.maskrcnn_standin import STANDIN_NAME, ensure_standin, infer_constants, write_standin
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("EDGEGUARD_SHARED", str(REPO.parent / "shared")))
-PBTXT = SHARED / "models" / "mask_rcnn_inception_v2_coco_2018_01_28.pbtxt"
-FRAME = SHARED / "media" / "city.jpg"
+FRAME = MEDIA / "city.jpg"
 PERSON = 0  # row 0 of object_detection_classes_coco.txt
 
 Outputs = tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]

@@ -32,6 +32,7 @@ from edgeguard.daemon.claim import (
 from edgeguard.daemon.folders import FolderLocks, prepare
 from edgeguard.daemon.logs import OneLine, escape
 from edgeguard.errors import Cancelled, SetupError
+from tests.conftest import REPO
 
 
 @pytest.fixture
@@ -247,7 +248,7 @@ def test_a_sticky_incoming_folder_not_ours_is_a_setup_error() -> None:
             capture_output=True,
             text=True,
             timeout=60,
-            cwd=Path(__file__).parents[2],
+            cwd=REPO,
             check=False,
         )
         assert done.returncode != 0 and "is sticky (+t) and not owned by the daemon's user" in done.stderr, done

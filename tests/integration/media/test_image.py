@@ -2,25 +2,20 @@
 
 from __future__ import annotations
 
-import os
 import struct
 import zlib
 from pathlib import Path
 
 import cv2
 import numpy as np
-import numpy.typing as npt
 import pytest
 
 from edgeguard.errors import FileError, InputError
+from edgeguard.frames import Image
 from edgeguard.media import IMAGE_EXTENSIONS, read_image, write_image
+from tests.conftest import media
 
-REPO = Path(__file__).resolve().parents[2]
-SHARED = Path(os.environ.get("EDGEGUARD_SHARED", str(REPO.parent / "shared")))
-MEDIA = SHARED / "media"
 MAX_PIXELS = 40_000_000
-
-Image = npt.NDArray[np.uint8]
 
 
 def imread(path: Path, flags: int = cv2.IMREAD_COLOR) -> Image:
@@ -30,10 +25,7 @@ def imread(path: Path, flags: int = cv2.IMREAD_COLOR) -> Image:
 
 
 def photo(name: str) -> Path:
-    path = MEDIA / name
-    if not path.is_file():
-        pytest.skip(f"SHARED MEDIA FILE ABSENT: {path} (set EDGEGUARD_SHARED to the shared dir)")
-    return path
+    return media(name)
 
 
 # ------------------------------------------------------------------ hand-made EXIF

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import json
-import logging
 import re
 import shutil
 import struct
-import subprocess
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,46 +14,8 @@ import cv2
 import pytest
 
 from edgeguard import dnn_target
-from edgeguard.cli import main
 from tests.conftest import CANDIDATES, media, need
-
-YOLOX = ("--set", "detector.model=yolox_nano")
-SUMMARY_KEYS = {"input", "output", "frames", "detections", "seconds", "fps", "model", "target"}
-
-
-# ------------------------------------------------------------------ helpers shared by the CLI-driven tests
-
-
-def _drop_cli_logging() -> None:
-    """`main` installs a root StreamHandler on the (captured) stderr; remove it so it cannot outlive the test."""
-    root = logging.getLogger()
-    for handler in root.handlers[:]:
-        if type(handler) is logging.StreamHandler:
-            root.removeHandler(handler)
-    root.setLevel(logging.WARNING)
-
-
-def cli(capsys: pytest.CaptureFixture[str], *argv: str | Path) -> tuple[int, str, str]:
-    """Run `edgeguard ARGV` in-process; return (exit code, stdout, stderr)."""
-    capsys.readouterr()
-    try:
-        code = main([str(a) for a in argv])
-    finally:
-        _drop_cli_logging()
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def error_lines(err: str) -> list[str]:
-    """The CLI's own messages (log records start with their level name)."""
-    return [line for line in err.splitlines() if line.startswith("edgeguard:")]
-
-
-def ffmpeg(*args: str | Path) -> None:
-    exe = shutil.which("ffmpeg")
-    if exe is None:
-        pytest.skip("FFMPEG NOT INSTALLED: cannot cut test clips (apt-get install ffmpeg)")
-    subprocess.run([exe, "-v", "error", "-y", *map(str, args)], check=True)
+from tests.support.cli import SUMMARY_KEYS, YOLOX, cli, drop_cli_logging, error_lines, ffmpeg
 
 
 def png_chunk(kind: bytes, data: bytes) -> bytes:
@@ -434,4 +394,4 @@ def test_unknown_model_name(capsys: pytest.CaptureFixture[str], tmp_path: Path) 
 @pytest.fixture(autouse=True)
 def _no_leftover_logging() -> Iterator[None]:
     yield
-    _drop_cli_logging()
+    drop_cli_logging()

@@ -25,11 +25,11 @@ from edgeguard.detections import Detections
 from edgeguard.detectors import create_detector
 from edgeguard.engine import Engine, Result
 from edgeguard.errors import Cancelled
+from edgeguard.frames import Image
 from edgeguard.protection import rasterize
 from tests.conftest import media
 from tests.support.probe import ffmpeg, ffprobe, frame_times, streams, top_level_boxes
 
-Image = npt.NDArray[np.uint8]
 RGB = (255, 0, 255)
 BGR = np.array(RGB[::-1])
 FILL = ["detector.model=yolox_nano", "protect.style=fill", f"protect.color=[{RGB[0]}, {RGB[1]}, {RGB[2]}]"]
