@@ -157,6 +157,84 @@ def test_first_dir_wins_and_unknown_name_lists_available(tmp_path: Path) -> None
     assert "mask_rcnn_inception_v2_coco, yolox_nano" in str(info.value)
 
 
+def test_duplicate_key_names_both_lines(tmp_path: Path) -> None:
+    path = tmp_path / "dup.yaml"
+    path.write_text("name: dup\nbackend: yolox\nfiles:\n  w: {filename: w}\nbackend: maskrcnn\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as info:
+        models.load_manifests([tmp_path])
+    [problem] = info.value.problems
+    assert problem.startswith(f"{path}: invalid YAML: duplicate key 'backend' (first on line 2)"), problem
+    assert "line 5" in problem
+
+
+def test_unknown_keys_give_one_line_each_naming_the_key_path(tmp_path: Path) -> None:
+    # `path` and `role` are attributes filled in on loading, not keys a manifest may set.
+    path = _write_manifest(tmp_path, "extra", {"weights": {"filename": "w.onnx", "size": 3, "role": "x"}}, colour="red")
+    (tmp_path / "extra2.yaml").write_text(
+        "name: extra2\nbackend: yolox\npath: /etc\nfiles: {w: {filename: w}}\n", encoding="utf-8"
+    )
+    with pytest.raises(ConfigError) as info:
+        models.load_manifests([tmp_path])
+    top = "unknown key (allowed: backend, description, files, input_size, labels, name, params)"
+    in_file = "unknown key (allowed: archive_checksum, archive_member, checksum, filename, optional, url)"
+    assert sorted(info.value.problems) == [
+        f"{path}: colour: {top}",
+        f"{path}: files.weights.role: {in_file}",
+        f"{path}: files.weights.size: {in_file}",
+        f"{tmp_path / 'extra2.yaml'}: path: {top}",
+    ]
+
+
+def test_a_problem_in_each_of_two_files_gives_two_lines(tmp_path: Path) -> None:
+    one = _write_manifest(tmp_path, "one", {"w": {"filename": "w", "optional": "yes"}})
+    two = _write_manifest(tmp_path, "two", {"w": {"filename": "w"}}, input_size=[0, 32])
+    _write_manifest(tmp_path, "three", {"w": {"filename": "w"}})
+    with pytest.raises(ConfigError) as info:
+        models.load_manifests([tmp_path])
+    assert info.value.problems == [
+        f"{one}: files.w.optional: must be true or false, got 'yes'",
+        f"{two}: input_size: must be [width, height] of positive integers, got [0, 32]",
+    ]
+
+
+def test_rules_across_keys_are_reported_with_the_others(tmp_path: Path) -> None:
+    files = {
+        "w": {"filename": "x.bin"},
+        "v": {"filename": "x.bin"},
+        "u": {"filename": "x.bin", "checksum": "bad"},  # has a problem of its own: not compared
+        "t": {"filename": "t.bin", "archive_member": "a/t.bin", "url": "gopher://x"},
+    }
+    path = _write_manifest(tmp_path, "cross", files, backend=5, labels="q")
+    with pytest.raises(ConfigError) as info:
+        models.load_manifests([tmp_path])
+    assert sorted(info.value.problems) == [
+        f"{path}: backend: must be a backend type key such as 'maskrcnn' or 'yolox', got 5",
+        f"{path}: files.t.url: must be an http(s) URL, got 'gopher://x'",
+        f"{path}: files.u.checksum: must be 'sha256:<64 hex>' or 'sha1:<40 hex>', got 'bad'",
+        f"{path}: files.v.filename: 'x.bin' is also the file of role 'w'",
+        f"{path}: labels: must name a role under files (w, v, u, t), got 'q'",
+    ]
+    files["t"] = {"filename": "t.bin", "archive_member": "a/t.bin", "archive_checksum": "sha1:" + "0" * 40}
+    files["s"] = {"filename": "s.bin", "archive_checksum": "sha1:" + "0" * 40}
+    path = _write_manifest(tmp_path, "cross", files, labels="w")
+    with pytest.raises(ConfigError) as info:
+        models.load_manifests([tmp_path])
+    assert sorted(info.value.problems) == [
+        f"{path}: files.s.archive_checksum: only applies with 'archive_member'",
+        f"{path}: files.t.archive_member: needs 'url' (the archive)",
+        f"{path}: files.u.checksum: must be 'sha256:<64 hex>' or 'sha1:<40 hex>', got 'bad'",
+        f"{path}: files.v.filename: 'x.bin' is also the file of role 'w'",
+    ]
+
+
+def test_loading_fills_in_path_and_roles(tmp_path: Path) -> None:
+    path = _write_manifest(tmp_path, "tiny", {"weights": {"filename": "w.bin"}, "names": {"filename": "n.txt"}})
+    manifest = models.find_manifest("tiny", [tmp_path])
+    assert manifest.path == path
+    assert [(role, f.role) for role, f in manifest.files.items()] == [("weights", "weights"), ("names", "names")]
+    assert manifest.params == {} and manifest.input_size is None and manifest.labels is None
+
+
 # --- offline provisioning (--from DIR) --------------------------------------------------------
 
 
