@@ -1,12 +1,20 @@
-"""Media input and output: decoding, encoding, and what kind of file a path is."""
+"""Media input and output: decoding, encoding, and what kind of file a path is.
+
+The readers and writers load on first use: importing `edgeguard.media.kinds`
+imports this package first, and the config needs the extensions without
+paying for PyAV and OpenCV.
+"""
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Literal
+import importlib
+from typing import TYPE_CHECKING
 
-from edgeguard.media.image import IMAGE_EXTENSIONS, read_image, write_image
-from edgeguard.media.video import VIDEO_EXTENSIONS, Frame, VideoInfo, VideoReader, VideoWriter
+from edgeguard.media.kinds import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, media_kind
+
+if TYPE_CHECKING:
+    from edgeguard.media.image import read_image, write_image
+    from edgeguard.media.video import Frame, VideoInfo, VideoReader, VideoWriter
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -20,12 +28,21 @@ __all__ = [
     "write_image",
 ]
 
+# Name -> the submodule that defines it.
+_LAZY = {
+    "read_image": "image",
+    "write_image": "image",
+    "Frame": "video",
+    "VideoInfo": "video",
+    "VideoReader": "video",
+    "VideoWriter": "video",
+}
 
-def media_kind(path: Path) -> Literal["video", "image"] | None:
-    """Classify by extension, case-insensitively ("clip.MP4" is a video)."""
-    suffix = path.suffix.lower()
-    if suffix in VIDEO_EXTENSIONS:
-        return "video"
-    if suffix in IMAGE_EXTENSIONS:
-        return "image"
-    return None
+
+def __getattr__(name: str) -> object:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value

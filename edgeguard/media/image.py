@@ -22,11 +22,12 @@ import numpy.typing as npt
 from edgeguard.errors import FileError, InputError
 from edgeguard.frames import Image
 from edgeguard.media.checks import check_input
+from edgeguard.media.kinds import IMAGE_EXTENSIONS
+
+# IMAGE_EXTENSIONS lives in kinds.py; still exported here for callers that took it from this module.
+__all__ = ["IMAGE_EXTENSIONS", "read_image", "write_image"]
 
 log = logging.getLogger(__name__)
-
-IMAGE_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp"})
-
 
 # Write failures worth retrying later: the disk, not the input, is the problem.
 _TRANSIENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO})

@@ -3,8 +3,8 @@
 `VideoReader` streams decoded frames (memory stays flat however long the video
 is) and turns them upright according to the stream's display matrix.
 `VideoWriter` encodes frames to H.264/yuv420p in an MP4 with the moov atom first
-(`+faststart`), keeps each frame's timestamp, and copies or transcodes the
-source's audio packet by packet, interleaved as the video is written.
+(`+faststart`), keeps each frame's timestamp, and carries the source's audio
+along (`edgeguard.media.audio`), interleaved as the video is written.
 """
 
 from __future__ import annotations
@@ -24,9 +24,7 @@ from typing import Literal, Self, cast
 import av
 import av.error
 import numpy as np
-from av.audio.stream import AudioStream
 from av.container import InputContainer, OutputContainer
-from av.packet import Packet
 from av.sidedata.sidedata import SideDataContainer
 from av.sidedata.sidedata import Type as SideDataType
 from av.stream import Disposition
@@ -37,23 +35,15 @@ from av.video.stream import VideoStream
 
 from edgeguard.errors import FileError, InputError
 from edgeguard.frames import Image
+from edgeguard.media.audio import AudioTrack, audio_stream
 from edgeguard.media.checks import check_input
+from edgeguard.media.container import ffmpeg_reason, open_input, start_offset
+from edgeguard.media.kinds import VIDEO_EXTENSIONS
+
+# VIDEO_EXTENSIONS lives in kinds.py; still exported here for callers that took it from this module.
+__all__ = ["VIDEO_EXTENSIONS", "Frame", "VideoInfo", "VideoReader", "VideoWriter"]
 
 log = logging.getLogger(__name__)
-
-VIDEO_EXTENSIONS: frozenset[str] = frozenset(
-    {
-        ".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".ts", ".mts", ".m2ts",
-        ".mpg", ".mpeg", ".wmv", ".flv", ".3gp", ".3g2", ".ogv",
-    }
-)  # fmt: skip
-
-# Audio codecs the MP4 muxer accepts and browsers commonly play; anything else is
-# transcoded to AAC rather than dropped.
-MP4_COPY_AUDIO_CODECS: frozenset[str] = frozenset({"aac", "mp3", "ac3", "eac3", "opus", "alac", "flac"})
-
-# Standard AAC sampling rates; other rates are resampled to 48 kHz.
-_AAC_RATES = frozenset({8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000, 64000, 88200, 96000})
 
 # Write failures worth retrying later: the disk, not the input, is the problem.
 _TRANSIENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO})
@@ -166,22 +156,6 @@ def _orientation(frame: VideoFrame) -> _Orientation:
     return result
 
 
-def _ffmpeg_reason(exc: BaseException) -> str:
-    if isinstance(exc, av.error.FFmpegError) and exc.strerror:
-        return exc.strerror
-    return str(exc)
-
-
-def _open_input(path: Path) -> InputContainer:
-    try:
-        # "replace": odd bytes in a tag must not make a valid video unreadable.
-        return av.open(os.fspath(path), "r", metadata_errors="replace")
-    except av.error.FFmpegError as exc:
-        raise InputError(path, f"not a readable media file ({_ffmpeg_reason(exc)})", incomplete=True) from exc
-    except OSError as exc:
-        raise InputError(path, f"cannot open file: {exc.strerror or exc}") from exc
-
-
 def _video_streams(container: InputContainer) -> list[VideoStream]:
     # Cover art in MP4/MKV is a one-picture "video" stream; it is not the video.
     return [s for s in container.streams.video if not s.disposition & Disposition.attached_pic]
@@ -197,22 +171,6 @@ def _pixel_bytes(ctx: VideoCodecContext) -> int:
     fmt = ctx.format
     bits = max((c.bits for c in fmt.components), default=8) if fmt is not None else 8
     return 3 * (2 if bits > 8 else 1)
-
-
-def _audio_stream(container: InputContainer) -> AudioStream | None:
-    audio = container.streams.audio
-    return audio[0] if audio else None
-
-
-def _start_offset(container: InputContainer) -> Fraction:
-    """Seconds to subtract so the output starts at 0, as the ffmpeg CLI does.
-
-    MPEG-TS/AVCHD clips start at an arbitrary clock (1.4 s, 10 h...); kept as is,
-    an MP4 would open with that much empty edit. Reader and writer shift video
-    and audio by the same amount, so sync is untouched.
-    """
-    start = container.start_time
-    return Fraction(start, av.time_base) if start is not None and start > 0 else Fraction(0)
 
 
 def _positive(rate: Fraction | None) -> Fraction | None:
@@ -243,7 +201,7 @@ class VideoReader:
         self._decoded: Generator[tuple[VideoFrame, int | None]] | None = None
         self._first: tuple[VideoFrame, int | None] | None = None
         check_input(path)
-        self._container: InputContainer | None = _open_input(path)
+        self._container: InputContainer | None = open_input(path)
         try:
             self.info = self._probe(self._container, max_pixels, threads)
         except BaseException:
@@ -310,7 +268,7 @@ class VideoReader:
             width, height = height, width
 
         time_base = stream.time_base or Fraction(1, 90000)
-        self._shift = round(_start_offset(container) / time_base)
+        self._shift = round(start_offset(container) / time_base)
         duration: float | None = None
         if stream.duration:
             duration = float(stream.duration * time_base)
@@ -324,7 +282,7 @@ class VideoReader:
             else:
                 log.warning("%s: no frame rate in the stream; assuming 25 fps", self.path)
                 fps = Fraction(25)
-        audio = _audio_stream(container)
+        audio = audio_stream(container)
         return VideoInfo(
             width=width,
             height=height,
@@ -357,7 +315,7 @@ class VideoReader:
         if ctx is None or not ctx.has_b_frames:
             return False
         stamps: list[int | None] = []
-        with _open_input(self.path) as probe:
+        with open_input(self.path) as probe:
             probe_stream = probe.streams[stream.index]
             try:
                 for packet in probe.demux(probe_stream):
@@ -394,7 +352,7 @@ class VideoReader:
                     if failed is not None:
                         raise InputError(
                             self.path,
-                            f"corrupt video stream near packet {packets} ({_ffmpeg_reason(failed)})",
+                            f"corrupt video stream near packet {packets} ({ffmpeg_reason(failed)})",
                             stage="decode",
                         )
                     packets += 1
@@ -406,7 +364,7 @@ class VideoReader:
                     frames = stream.decode(None if flush else packet)
                 except av.error.FFmpegError as exc:
                     failed = exc
-                    log.warning("%s: decoder error at packet %d: %s", self.path, packets, _ffmpeg_reason(exc))
+                    log.warning("%s: decoder error at packet %d: %s", self.path, packets, ffmpeg_reason(exc))
                     continue
                 for frame in frames:
                     if slots is not None:
@@ -414,7 +372,7 @@ class VideoReader:
                     else:
                         yield frame, frame.pts
         except av.error.FFmpegError as exc:
-            raise InputError(self.path, f"corrupt container ({_ffmpeg_reason(exc)})", stage="decode") from exc
+            raise InputError(self.path, f"corrupt container ({ffmpeg_reason(exc)})", stage="decode") from exc
         # Edit lists and dropped-frame markers make small mismatches normal.
         if declared and packets < declared - max(2, declared // 100):
             raise InputError(
@@ -471,7 +429,7 @@ class VideoReader:
 
 def _encode_error(path: Path, exc: BaseException, doing: str) -> FileError:
     code = exc.errno if isinstance(exc, OSError | av.error.FFmpegError) else None
-    reason = f"{doing} failed: {_ffmpeg_reason(exc) if isinstance(exc, av.error.FFmpegError) else exc}"
+    reason = f"{doing} failed: {ffmpeg_reason(exc) if isinstance(exc, av.error.FFmpegError) else exc}"
     return FileError(path, reason, stage="encode", transient=code in _TRANSIENT_ERRNOS)
 
 
@@ -509,13 +467,7 @@ class VideoWriter:
         self._last_pts: int | None = None
         self._pts_step = max(1, round(1 / (info.fps * info.time_base))) if info.fps else 1
         self._src: InputContainer | None = None
-        self._audio_in: AudioStream | None = None
-        self._audio_out: AudioStream | None = None
-        self._audio_packets: Iterator[Packet[AudioStream]] | None = None
-        self._audio_pending: Packet[AudioStream] | None = None
-        self._audio_shift = 0
-        self._transcode = False
-        self._audio_last_dts: int | None = None
+        self._audio: AudioTrack | None = None
         self._closed = False
         try:
             self._out: OutputContainer = av.open(
@@ -525,10 +477,10 @@ class VideoWriter:
             raise _encode_error(path, exc, "opening the output") from exc
         try:
             if source is not None:
-                self._src = _open_input(source)
+                self._src = open_input(source)
             self._video = self._add_video(crf, preset, threads)
             if audio == "keep" and self._src is not None:
-                self._add_audio(self._src)
+                self._audio = AudioTrack.add(self._out, self._src, path)
             if keep_metadata and self._src is not None:
                 self._copy_metadata(self._src)
             self._out.start_encoding()
@@ -562,37 +514,13 @@ class VideoWriter:
             stream.codec_context.color_range = int(ColorRange.MPEG)
         return stream
 
-    def _add_audio(self, src: InputContainer) -> None:
-        in_stream = _audio_stream(src)
-        if in_stream is None:
-            return
-        name = in_stream.codec_context.name if in_stream.codec_context else None
-        out: AudioStream | None = None
-        if name in MP4_COPY_AUDIO_CODECS:
-            try:
-                out = self._out.add_stream_from_template(in_stream)
-            except ValueError:
-                log.info("%s: MP4 refuses %s audio; transcoding to AAC", self.path, name)
-        if out is None:
-            if in_stream.codec_context is None:
-                raise InputError(src.name, "audio codec can be neither copied to MP4 nor decoded", stage="encode")
-            rate = in_stream.codec_context.sample_rate
-            out = self._out.add_stream("aac", rate=rate if rate in _AAC_RATES else 48000)
-            out.layout = "mono" if in_stream.codec_context.channels == 1 else "stereo"
-            self._transcode = True
-        self._audio_in, self._audio_out = in_stream, out
-        if in_stream.time_base:
-            self._audio_shift = round(_start_offset(src) / in_stream.time_base)
-        self._audio_packets = src.demux(in_stream)
-        self._audio_pending = self._next_audio_packet()
-
     def _copy_metadata(self, src: InputContainer) -> None:
         self._out.metadata.update({k: v for k, v in src.metadata.items() if k not in _TECHNICAL_TAGS})
         src_video = _video_stream(src)
         if src_video is not None:
             self._video.metadata.update(src_video.metadata)
-        if self._audio_in is not None and self._audio_out is not None:
-            self._audio_out.metadata.update(self._audio_in.metadata)
+        if self._audio is not None:
+            self._audio.copy_metadata()
 
     def write(self, frame: Frame, image: Image) -> None:
         """Encode `image` (upright BGR uint8 of the input size) at `frame.pts`."""
@@ -612,7 +540,8 @@ class VideoWriter:
         yuv.time_base = self.info.time_base
         try:
             self._out.mux(self._video.encode(yuv))
-            self._mux_audio(until=float(pts * self.info.time_base))
+            if self._audio is not None:
+                self._audio.mux_until(float(pts * self.info.time_base))
         except (av.error.FFmpegError, OSError) as exc:
             raise _encode_error(self.path, exc, f"encoding frame {frame.index}") from exc
 
@@ -629,66 +558,14 @@ class VideoWriter:
         self._last_pts = pts
         return pts
 
-    def _mux_audio(self, until: float | None) -> None:
-        """Mux source audio packets up to `until` seconds (None: all the rest)."""
-        if self._audio_packets is None or self._audio_out is None or self._audio_in is None:
-            return
-        while self._audio_pending is not None:
-            packet = self._audio_pending
-            stamp = packet.pts if packet.pts is not None else packet.dts
-            if until is not None and stamp is not None and float(stamp * packet.time_base) > until:
-                return
-            self._mux_audio_packet(packet)
-            self._audio_pending = self._next_audio_packet()
-
-    def _next_audio_packet(self) -> Packet[AudioStream] | None:
-        if self._audio_packets is None:
-            return None
-        packet = next(self._audio_packets, None)
-        if packet is not None and self._audio_shift:
-            # Same offset the reader took off the video (see _start_offset).
-            if packet.pts is not None:
-                packet.pts -= self._audio_shift
-            if packet.dts is not None:
-                packet.dts -= self._audio_shift
-        return packet
-
-    def _mux_audio_packet(self, packet: Packet[AudioStream]) -> None:
-        assert self._audio_in is not None and self._audio_out is not None
-        flush = packet.size == 0 and packet.dts is None
-        if not self._transcode:
-            if not flush:
-                # Some muxers (AVI) repeat audio timestamps; MP4 needs them strictly increasing,
-                # so nudge them forward as the ffmpeg CLI does instead of failing the file.
-                last = self._audio_last_dts
-                if packet.dts is not None and last is not None and packet.dts <= last:
-                    shift = last + 1 - packet.dts
-                    packet.dts += shift
-                    if packet.pts is not None:
-                        packet.pts = max(packet.pts + shift, packet.dts)
-                if packet.dts is not None:
-                    self._audio_last_dts = packet.dts
-                packet.stream = self._audio_out
-                self._out.mux(packet)
-            return
-        try:
-            frames = self._audio_in.decode(None if flush else packet)
-        except av.error.InvalidDataError as exc:
-            # One bad audio packet must not lose the protected video.
-            log.warning("%s: skipping an undecodable audio packet: %s", self.path, _ffmpeg_reason(exc))
-            return
-        for audio_frame in frames:
-            self._out.mux(self._audio_out.encode(audio_frame))
-
     def close(self) -> None:
         """Flush the encoder, mux the remaining audio, write the trailer."""
         if self._closed:
             return
         try:
             self._out.mux(self._video.encode(None))
-            self._mux_audio(until=None)
-            if self._transcode and self._audio_out is not None:
-                self._out.mux(self._audio_out.encode(None))
+            if self._audio is not None:
+                self._audio.finish()
             self._out.close()
         except (av.error.FFmpegError, OSError) as exc:
             self._abort()
