@@ -25,9 +25,9 @@ from bench.paths import CLIPS
 from bench.run import decode, prepare
 from edgeguard.carry import Interval
 from edgeguard.config import load_config
-from edgeguard.detectors import create_detector
+from edgeguard.detectors.factory import create_detector
 from edgeguard.engine import keyframe_looker
-from edgeguard.protection import rasterize
+from edgeguard.masks import rasterize
 from edgeguard.temporal import Planner
 
 FIELDS = ("need", "height", "both", "frames", "span", "drift", "resize", "unsure")

@@ -17,7 +17,8 @@ import numpy as np
 from bench.paths import SHARED
 from edgeguard.config import Config
 from edgeguard.detections import Detections
-from edgeguard.detectors import Detector, create_detector, model_files
+from edgeguard.detectors.base import Detector
+from edgeguard.detectors.factory import create_detector, model_files
 from edgeguard.detectors.maskrcnn import MaskRCNN
 
 

@@ -15,7 +15,8 @@ import cv2
 from bench.costed import standin_set
 from bench.paths import IMAGES, SHARED
 from edgeguard.config import load_config
-from edgeguard.detectors import Detector, create_detector
+from edgeguard.detectors.base import Detector
+from edgeguard.detectors.factory import create_detector
 from edgeguard.engine import Engine
 from edgeguard.media import video as video_io
 

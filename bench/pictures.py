@@ -24,7 +24,7 @@ import numpy as np
 from bench.privacy import unpack
 from bench.run import decode, prepare, run_engine, run_seed
 from edgeguard.config import load_config
-from edgeguard.detectors import create_detector
+from edgeguard.detectors.factory import create_detector
 from edgeguard.engine import Engine
 
 FILL = ["protect.style=fill", "protect.color=[255,0,255]"]

@@ -39,12 +39,14 @@ from bench.paths import CANDIDATES, CLIPS, IMAGES, REPO, SHARED
 from bench.privacy import Privacy, measure, save_misses
 from edgeguard.config import Config, load_config
 from edgeguard.detections import Detections
-from edgeguard.detectors import Detector, create_detector
+from edgeguard.detectors.base import Detector
+from edgeguard.detectors.factory import create_detector
 from edgeguard.engine import Engine
 from edgeguard.frames import Mask
+from edgeguard import styles
+from edgeguard.masks import rasterize
 from edgeguard.media import image as image_io
 from edgeguard.media import video as video_io
-from edgeguard.protection import hide, rasterize
 
 YOLOX, MASKRCNN = "yolox_nano", "mask_rcnn"
 
@@ -69,7 +71,7 @@ PROFILES: dict[str, Profile] = {
     "every-frame": Profile(("temporal.keyframe_interval=1",), (YOLOX,)),
     "realtime": Profile(("video.preset=superfast",), (YOLOX,)),
     # Without the row ladder: the mask branch runs on all 100 rows on every keyframe.
-    "all-rows": Profile(("detector.adaptive_rows=false",), (MASKRCNN,)),
+    "all-rows": Profile(("detector.maskrcnn.adaptive_rows=false",), (MASKRCNN,)),
     # Keyframe levers, each against the default (kept or not by what they measure):
     "input-416": Profile(("detector.input_size=416",), (YOLOX,)),  # yolox_nano's training size
     "mirror": Profile(("temporal.keyframe_mirror=always",), (YOLOX,)),  # and the mirrored frame
@@ -83,7 +85,7 @@ PROFILES: dict[str, Profile] = {
     "faces": Profile(("detector.classes=[face]",), (YOLOX,), "faces-every-frame"),
 }
 # The seed ran OpenCV's published graph on all 100 rows (SeedMaskRCNN builds it as is).
-SEED = ["detector.adaptive_rows=false"]
+SEED = ["detector.maskrcnn.adaptive_rows=false"]
 
 
 # ------------------------------------------------------------------ measuring
@@ -152,6 +154,7 @@ def seed_loop(
     t = dict.fromkeys(["decode", "inference", "protection", "encode"], 0.0)
     n = 0
     c = cfg.protect
+    style = styles.create(c)
     detector.want_masks = c.shape == "mask"
     shape = c.shape if detector.has_masks else "box"
     with (
@@ -175,7 +178,7 @@ def seed_loop(
             )
             if observe is not None:
                 observe(mask, det)
-            hide(frame.image, mask, c)
+            style.hide(frame.image, mask)
             t3 = time.perf_counter()
             writer.write(frame, frame.image)
             t4 = time.perf_counter()

@@ -28,7 +28,7 @@ _CHILD = """
 import sys, time
 from pathlib import Path
 from edgeguard.config import load_config
-from edgeguard.detectors import create_detector
+from edgeguard.detectors.factory import create_detector
 from edgeguard.errors import EdgeguardError
 from edgeguard.media.video import VideoReader
 target, clip, frames, *sets = sys.argv[1:]

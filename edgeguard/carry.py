@@ -18,7 +18,7 @@ import numpy.typing as npt
 
 from edgeguard.config import TemporalConfig
 from edgeguard.detections import BoolArray, Detections, clip_boxes
-from edgeguard.protection import Pads
+from edgeguard.masks import Pads
 from edgeguard.tracking import FlowFrame, Track, match, seed, step
 
 

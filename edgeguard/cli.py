@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import faulthandler
 import json
 import logging
@@ -14,7 +15,7 @@ from typing import Any
 from edgeguard import __version__, env
 from edgeguard.config import Config, load_config
 from edgeguard.daemon.logs import OneLine
-from edgeguard.errors import ConfigError, EdgeguardError, ExitCode, UsageError
+from edgeguard.errors import ConfigError, EdgeguardError, ExitCode, ModelChecksumError, ModelMissingError, UsageError
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("protect", help="protect videos/images once")
     pr.add_argument("inputs", nargs="+", type=Path, metavar="INPUT")
     out = pr.add_mutually_exclusive_group()
-    out.add_argument("-o", "--output", type=Path, help="output file (one input only)")
+    out.add_argument("-o", "--output", help="output file (one input only), or FOLDER/ like --out-dir")
     out.add_argument("--out-dir", type=Path, help="folder for outputs (default: beside each input, NAME.protected.EXT)")
     pr.add_argument("--json", action="store_true", help="print one JSON summary per file on stdout")
     _config_args(pr)
@@ -110,33 +111,54 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("edgeguard: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # a bug: one line for the user, the traceback for whoever debugs it
+        log.debug("unexpected error", exc_info=True)
+        print(
+            f"edgeguard: internal error: {type(exc).__name__}: {exc} (run with -v for the traceback)",
+            file=sys.stderr,
+        )
+        return ExitCode.INTERNAL
 
 
 # ------------------------------------------------------------------ commands
 
 
 def _cmd_check_config(args: argparse.Namespace) -> int:
-    _load(args)
-    print(f"{args.config or '<defaults>'}: ok")
+    from edgeguard.detectors import factory
+
+    cfg = _load(args)
+    for note in factory.check(cfg):
+        print(f"note: {note}")
+    print(f"{_config_path(args) or '<defaults>'}: ok")
     return ExitCode.OK
 
 
 def _outputs(args: argparse.Namespace) -> list[tuple[Path, Path]]:
-    from edgeguard.engine import default_output
-
-    if args.output is not None and len(args.inputs) != 1:
-        raise UsageError("edgeguard protect: -o/--output takes exactly one INPUT (use --out-dir for several)")
     from edgeguard.media import IMAGE_EXTENSIONS, media_kind
+    from edgeguard.publish import output_name
 
+    out_dir: Path | None = args.out_dir
+    output = Path(args.output) if args.output is not None else None
+    if output is not None and (output.is_dir() or args.output.endswith("/")):
+        out_dir, output = output, None  # `-o FOLDER/` means the outputs go in that folder
+    if output is not None and len(args.inputs) != 1:
+        raise UsageError("edgeguard protect: -o/--output takes exactly one INPUT (use --out-dir for several)")
+    if output is not None and not output.parent.is_dir():
+        raise UsageError(
+            f"edgeguard protect: -o {output}: the folder {output.parent} does not exist "
+            "(create it, or give --out-dir, which creates its folder)"
+        )
     pairs = []
     taken: dict[Path, Path] = {}
     for src in args.inputs:
-        if args.output is not None:
-            dst = args.output
-        elif args.out_dir is not None:
-            dst = default_output(src, args.out_dir)
+        if src.is_dir():
+            raise UsageError(f"edgeguard protect: {src} is a directory; give the files in it (e.g. {src}/*)")
+        if output is not None:
+            dst = output
+        elif out_dir is not None:
+            dst = out_dir / output_name(src.name)
         else:
-            d = default_output(src, src.parent)
+            d = src.parent / output_name(src.name)
             dst = d.with_name(f"{d.stem}.protected{d.suffix}")
         if dst.resolve() == src.resolve():
             raise UsageError(f"edgeguard protect: output {dst} would overwrite its input")
@@ -149,14 +171,15 @@ def _outputs(args: argparse.Namespace) -> list[tuple[Path, Path]]:
             raise UsageError(f"edgeguard protect: {taken[dst.resolve()]} and {src} would both write {dst}")
         taken[dst.resolve()] = src
         pairs.append((src, dst))
-    if args.out_dir is not None:
-        args.out_dir.mkdir(parents=True, exist_ok=True)
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
     return pairs
 
 
 def _cmd_protect(args: argparse.Namespace) -> int:
     from edgeguard.engine import Engine
     from edgeguard.progress import ProgressBar
+    from edgeguard.publish import replace_into, staging_path
 
     cfg = _load(args)
     _setup_logging(args.verbose, cfg.logging.level)
@@ -164,15 +187,24 @@ def _cmd_protect(args: argparse.Namespace) -> int:
     engine = Engine(cfg)
     failed = 0
     for src, dst in pairs:
+        staged = staging_path(dst.parent, dst.name)
         try:
             with ProgressBar(src.name) as bar:
-                result = engine.protect_file(src, dst, progress=bar.update)
+                result = engine.protect_file(src, staged, progress=bar.update)
+            replace_into(staged, dst)
         except EdgeguardError as exc:
             failed += 1
             print(f"edgeguard: failed: {exc}", file=sys.stderr)
             continue
+        except OSError as exc:  # replacing the output (the engine has removed its own partial file)
+            with contextlib.suppress(OSError):
+                staged.unlink(missing_ok=True)
+            failed += 1
+            print(f"edgeguard: failed: {dst}: cannot write: {exc.strerror or exc}", file=sys.stderr)
+            continue
+        summary = {**result.as_dict(), "output": str(dst)}
         if args.json:
-            print(json.dumps(result.as_dict()), flush=True)
+            print(json.dumps(summary), flush=True)
         else:
             log.info(
                 "%s -> %s: %d frames, %d detections, %.1f fps", src, dst, result.frames, result.detections, result.fps
@@ -188,7 +220,7 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
 
 def _cmd_models(args: argparse.Namespace) -> int:
     from edgeguard import models
-    from edgeguard.detectors import manifest_dirs
+    from edgeguard.detectors.factory import manifest_dirs
 
     cfg = _load(args)
     dirs = manifest_dirs(cfg)
@@ -197,10 +229,14 @@ def _cmd_models(args: argparse.Namespace) -> int:
             try:
                 models.resolve(m, cfg.models_dir())
                 state = "ready"
-            except EdgeguardError as exc:
-                state = f"not ready ({type(exc).__name__})"
+            except ModelMissingError:
+                state = f"not provisioned: run `edgeguard models fetch {name}`"
+            except ModelChecksumError:
+                state = f"damaged (checksum mismatch): run `edgeguard models fetch {name}`"
             mark = "*" if name == cfg.detector.model else " "
-            print(f"{mark} {name:32} {m.backend:9} {state:12} {m.description}")
+            print(f"{mark} {name:32} {m.backend:9} {state}")
+            if m.description:
+                print(f"    {m.description}")
         return ExitCode.OK
     source = args.source or env.path(env.MODEL_SOURCE)
     for name in args.names or [cfg.detector.model]:

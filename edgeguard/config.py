@@ -9,81 +9,92 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import InitErrorDetails
 
-from edgeguard import env
+from edgeguard import env, styles, yamlfile
+from edgeguard.detectors import registry
 from edgeguard.errors import ConfigError
-
-Target = Literal["cpu", "opencl", "opencl_fp16", "cuda", "cuda_fp16"]
-
-
-class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+from edgeguard.media.kinds import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
+from edgeguard.settings import DetectorSettings, PluginOptions, ProtectSettings, Section
 
 
-class DetectorFiles(Section):
-    """Explicit model files (a custom-trained export); no checksum is required."""
+class DetectorConfig(DetectorSettings):
+    """`detector`: the shared keys, and each plugin's own under `detector.<type key>`.
 
-    weights: Path | None = None
-    graph: Path | None = None
-    labels: Path | None = None
+    The plugin comes from the model's manifest (`backend`); the sections of every registered
+    plugin are validated, so a key misspelt for a plugin not in use is still caught.
+    """
 
+    # Unknown keys are refused by `_plugin_sections`; "allow" only lets the sections through.
+    model_config = ConfigDict(extra="allow", frozen=True)
 
-class DetectorConfig(Section):
-    model: str = "mask_rcnn_inception_v2_coco"
-    target: Target = "cpu"
-    on_unavailable: Literal["fail", "cpu"] = "fail"
-    confidence: Annotated[float, Field(ge=0, le=1)] = 0.45
-    mask_threshold: Annotated[float, Field(ge=0, le=1)] = 0.35
-    nms: Annotated[float, Field(ge=0, le=1)] = 0.45
-    classes: list[str] = Field(default_factory=lambda: ["person"], min_length=1)
-    # Longest side the frame is scaled to before inference; 0 keeps the model's own choice.
-    input_size: Annotated[int, Field(ge=0, le=4096)] = 0
-    # With the class face (and not person): also hide the head of every person the model finds
-    # (faces turned away, or too small for the face model); the persons are followed between
-    # keyframes, so their walking is not mistaken for something unseen.
-    heads: bool = True
-    # yolox only: person silhouettes from selfie segmentation on each person crop.
-    silhouettes: bool = False
-    # Second-stage detections the Mask R-CNN keeps (OpenCV pads to this many); fewer = faster masks.
-    max_detections: Annotated[int, Field(ge=1, le=100)] = 100
-    # Mask R-CNN: run the second stage with as few rows as the scene fills (16, 32, 48, 64, then
-    # max_detections), retrying a rung up whenever all rows are used: same answer, less mask work.
-    adaptive_rows: bool = True
-    threads: Annotated[int, Field(ge=0, le=256)] = 0
-    files: DetectorFiles = DetectorFiles()
-
-    @field_validator("classes")
+    @model_validator(mode="wrap")
     @classmethod
-    def _unique(cls, v: list[str]) -> list[str]:
-        if len(set(v)) != len(v):
-            raise ValueError("classes must not repeat")
-        return v
+    def _plugin_sections(cls, data: Any, handler: ValidatorFunctionWrapHandler) -> DetectorConfig:
+        """Validate each plugin's section with the plugin's own model; refuse any other unknown key."""
+        if not isinstance(data, dict):
+            return cast(DetectorConfig, handler(data))
+        sections = registry.options_models()
+        errors: list[InitErrorDetails] = []
+        options: dict[str, PluginOptions] = {}
+        for key, model in sections.items():
+            try:
+                options[key] = model.model_validate(data.get(key) or {})
+            except ValidationError as exc:
+                errors += _nested(exc, (key,))
+        for key in data.keys() - cls.model_fields.keys() - sections.keys():
+            moved = [k for k, m in sections.items() if key in m.model_fields]
+            if moved:
+                errors.append(_value_error(key, data[key], f"moved to detector.{moved[0]}.{key}"))
+            else:
+                errors.append(InitErrorDetails(type="extra_forbidden", loc=(str(key),), input=data[key]))
+        own = {k: v for k, v in data.items() if k in cls.model_fields}
+        try:
+            config = cast(DetectorConfig, handler(own))
+        except ValidationError as exc:
+            errors = _nested(exc, ()) + errors
+        if errors:
+            raise ValidationError.from_exception_data(cls.__name__, errors)
+        assert config.__pydantic_extra__ is not None
+        config.__pydantic_extra__.update(options)
+        return config
+
+    def options(self, key: str) -> PluginOptions | None:
+        """The validated section of plugin `key` (None for a plugin registered after this was read)."""
+        found = (self.__pydantic_extra__ or {}).get(key)
+        return found if isinstance(found, PluginOptions) else None
 
 
-class ProtectConfig(Section):
-    style: Literal["blur", "pixelate", "fill"] = "blur"
-    shape: Literal["mask", "box"] = "mask"
-    blur_kernel: Annotated[int, Field(ge=3, le=501)] = 51
-    pixelate_block: Annotated[int, Field(ge=2, le=512)] = 16
-    color: tuple[
-        Annotated[int, Field(ge=0, le=255)],
-        Annotated[int, Field(ge=0, le=255)],
-        Annotated[int, Field(ge=0, le=255)],
-    ] = (0, 0, 0)
-    dilate: Annotated[int, Field(ge=0, le=256)] = 8
-    # Persons are also hidden this share of their height above their box: detectors often cut
-    # a box at the forehead, leaving a face above it.
-    head_margin: Annotated[float, Field(ge=0, le=1)] = 0.15
+def _nested(exc: ValidationError, prefix: tuple[str, ...]) -> list[InitErrorDetails]:
+    return [
+        InitErrorDetails(type=e["type"], loc=(*prefix, *e["loc"]), input=e["input"], ctx=e.get("ctx", {}))
+        for e in exc.errors()
+    ]
 
-    @field_validator("blur_kernel")
+
+def _value_error(key: str, value: Any, message: str) -> InitErrorDetails:
+    return InitErrorDetails(type="value_error", loc=(key,), input=value, ctx={"error": ValueError(message)})
+
+
+class ProtectConfig(ProtectSettings):
+    """`protect`, with the style checked against the registered styles."""
+
+    @field_validator("style")
     @classmethod
-    def _odd(cls, v: int) -> int:
-        if v % 2 == 0:
-            raise ValueError("must be odd")
+    def _known_style(cls, v: str) -> str:
+        if v not in styles.names():
+            raise ValueError(f"{v!r} is not a hiding style: {', '.join(styles.names())}")
         return v
 
 
@@ -166,8 +177,9 @@ class PathsConfig(Section):
     state: Path = Path("state")
 
 
-VIDEO_PATTERNS = ["*.mp4", "*.mov", "*.avi", "*.mkv", "*.m4v", "*.webm", "*.ts", "*.mts", "*.3gp"]
-IMAGE_PATTERNS = ["*.jpg", "*.jpeg", "*.png", "*.webp", "*.bmp"]
+# From the one list of media extensions, so the daemon takes every file `edgeguard protect` does.
+VIDEO_PATTERNS = [f"*{ext}" for ext in sorted(VIDEO_EXTENSIONS)]
+IMAGE_PATTERNS = [f"*{ext}" for ext in sorted(IMAGE_EXTENSIONS)]
 
 
 class WatchConfig(Section):
@@ -205,7 +217,8 @@ class LoggingConfig(Section):
 
 
 class Config(Section):
-    detector: DetectorConfig = DetectorConfig()
+    # A factory: the default validates plugin sections, so it needs the plugins importable first.
+    detector: DetectorConfig = Field(default_factory=DetectorConfig)
     protect: ProtectConfig = ProtectConfig()
     video: VideoConfig = VideoConfig()
     temporal: TemporalConfig = TemporalConfig()
@@ -290,7 +303,7 @@ def load_config(path: Path | None = None, overrides: Sequence[str] = ()) -> Conf
         except OSError as exc:
             raise ConfigError([f"{path}: cannot read: {exc.strerror or exc}"]) from exc
         try:
-            loaded = yaml.safe_load(text)
+            loaded = yamlfile.load(text)
             lines = _line_index(text)
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)

@@ -19,8 +19,8 @@ from functools import cache
 import cv2
 import numpy as np
 
-from edgeguard.config import Target
 from edgeguard.errors import TargetUnavailableError
+from edgeguard.settings import Target
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ import cv2
 
 from edgeguard import dnn_target
 from edgeguard.config import Config
-from edgeguard.detectors import model_files
+from edgeguard.detectors.factory import model_files
 from edgeguard.errors import EdgeguardError, ExitCode
 
 
@@ -29,28 +29,41 @@ def h264_encoder() -> str | None:
 
 
 def run_doctor(cfg: Config) -> int:
-    """Print one line per check; exit non-zero if the configured setup cannot run."""
-    fatal = False
+    """Print one line per check, and last whether the configured setup can run; non-zero if not."""
+    blockers: list[str] = []
     _line(None, "OpenCV", cv2.__version__)
     _line(None, "FFmpeg (PyAV)", f"{av.ffmpeg_version_info} (PyAV {av.__version__})")
     enc = h264_encoder()
     _line(enc is not None, "H.264 encoder", enc or "none: PyAV's FFmpeg cannot write H.264")
-    fatal |= enc is None
+    if enc is None:
+        blockers.append("no H.264 encoder")
     if cv2.ocl.haveOpenCL():
         _line(None, "OpenCL device", cv2.ocl.Device.getDefault().name() or "(none selected)")
     else:
         _line(None, "OpenCL device", "no OpenCL runtime")
+    wanted = cfg.detector.target
+    runs_on = wanted
     for name in dnn_target.TARGETS:
         report = dnn_target.probe(name)
-        configured = name == cfg.detector.target
-        label = f"target {name}" + (" (configured)" if configured else "")
-        _line(report.ok, label, report.detail)
-        if configured and not report.ok and cfg.detector.on_unavailable == "fail":
-            fatal = True
+        if name != wanted:
+            # Nobody asked for it: information, not a failure.
+            _line(None, f"target {name}", report.detail if report.ok else f"not available here: {report.detail}")
+        elif report.ok:
+            _line(True, f"target {name} (configured)", report.detail)
+        elif cfg.detector.on_unavailable == "cpu":
+            _line(None, f"target {name} (configured)", f"not available here, falls back to cpu: {report.detail}")
+            runs_on = "cpu"
+        else:
+            _line(False, f"target {name} (configured)", report.detail)
+            blockers.append(f"target {name} is not available (detector.on_unavailable: fail)")
     try:
         manifest, files = model_files(cfg)
         _line(True, f"model {manifest.name}", ", ".join(p.name for p in files.values()) + " present and verified")
     except EdgeguardError as exc:
         _line(False, f"model {cfg.detector.model}", str(exc))
-        fatal = True
-    return ExitCode.SETUP if fatal else ExitCode.OK
+        blockers.append(f"model {cfg.detector.model} is not ready")
+    if blockers:
+        print(f"the configured setup cannot run here: {'; '.join(blockers)}", file=sys.stdout)
+        return ExitCode.SETUP
+    print(f"the configured setup can run here: model {cfg.detector.model} on {runs_on}", file=sys.stdout)
+    return ExitCode.OK

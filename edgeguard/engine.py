@@ -1,32 +1,32 @@
-"""Protect one file: decode, detect, hide, encode, all or nothing.
+"""Protect one file: decode, detect, track, hide, encode; all or nothing.
 
-Output goes to a temporary name and is renamed into place only when every
-frame was analysed and written; on any failure the partial file is removed.
+The engine writes to the path its caller gives (a staging name: see `publish`)
+and removes it on any failure; making the output visible is the caller's step.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import os
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edgeguard import styles
 from edgeguard.config import Config
 from edgeguard.detections import Detections
-from edgeguard.detectors import create_detector
 from edgeguard.detectors.base import Detector
+from edgeguard.detectors.factory import create_detector, reusable
 from edgeguard.durable import fsync_file
 from edgeguard.errors import Cancelled, EdgeguardError, FileError, InputError
 from edgeguard.frames import Image, Mask
+from edgeguard.masks import Pads, as_heads, rasterize
 from edgeguard.media import image as image_io
 from edgeguard.media import media_kind
 from edgeguard.media import video as video_io
-from edgeguard.protection import Pads, as_heads, hide, rasterize
 from edgeguard.stages import Consumer, Producer
 from edgeguard.temporal import Planned, Planner
 
@@ -72,18 +72,7 @@ class Result:
         return out
 
 
-def temp_name(dst: Path, tmp_dir: Path | None = None) -> Path:
-    """A hidden name beside `dst` (or in `tmp_dir`) keeping the extension for the muxer."""
-    folder = tmp_dir if tmp_dir is not None else dst.parent
-    return folder / f".{dst.stem}.{uuid.uuid4().hex[:8]}.partial{dst.suffix}"
-
-
-def default_output(src: Path, out_dir: Path) -> Path:
-    kind = media_kind(src)
-    return out_dir / (src.stem + ".mp4" if kind == "video" else src.name)
-
-
-def keyframe_looker(detector: Detector, cfg: Config) -> Callable[[Image, bool], Detections]:
+def keyframe_looker(detector: Detector[Any], cfg: Config) -> Callable[[Image, bool], Detections]:
     """Detection as the planner asks for it: `(frame, stands_in)`.
 
     A keyframe whose instances are carried to the frames around it (and a photo,
@@ -106,48 +95,65 @@ def keyframe_looker(detector: Detector, cfg: Config) -> Callable[[Image, bool], 
 class Engine:
     """Holds the loaded model; protects one file at a time."""
 
-    def __init__(self, cfg: Config, detector: Detector | None = None) -> None:
+    def __init__(self, cfg: Config, detector: Detector[Any] | None = None) -> None:
         self.cfg = cfg
         self.detector = detector if detector is not None else create_detector(cfg)
         self.detector.want_masks = cfg.protect.shape == "mask"
         self.look = keyframe_looker(self.detector, cfg)
+        self.style = styles.create(cfg.protect)
+
+    @property
+    def model_name(self) -> str:
+        return self.detector.model_name
+
+    @property
+    def target(self) -> str:
+        return self.detector.target
+
+    def with_config(self, cfg: Config) -> tuple[Engine, bool]:
+        """An engine for a reloaded `cfg`, and whether it loaded the model anew.
+
+        The loaded model is kept when nothing it was built from changed: protect, video and
+        media settings then take effect without the cost of loading it again.
+        """
+        if reusable(self.detector, cfg):
+            return Engine(cfg, self.detector), False
+        return Engine(cfg), True
 
     def protect_file(
         self,
         src: Path,
-        dst: Path,
+        out: Path,
         *,
         progress: Progress | None = None,
         cancel: threading.Event | None = None,
-        tmp_dir: Path | None = None,
         observe: Observer | None = None,
     ) -> Result:
+        """Protect `src` into `out` (its extension picks the format), flushed to disk; nothing is left on failure."""
         kind = media_kind(src)
         if kind is None:
             raise InputError(src, f"unsupported file type {src.suffix!r}")
-        tmp = temp_name(dst, tmp_dir)
         started = time.monotonic()
         try:
             if kind == "video":
-                frames, found, stats = self._video(src, tmp, progress, cancel, observe)
+                frames, found, stats = self._video(src, out, progress, cancel, observe)
             else:
-                frames, found = self._image(src, tmp, dst.suffix, observe)
+                frames, found = self._image(src, out, observe)
                 stats = Stats(keyframes=1)
-            fsync_file(tmp)
-            os.replace(tmp, dst)
+            fsync_file(out)
         except FileError as exc:
-            tmp.unlink(missing_ok=True)
+            _discard(out)
             if exc.path == src:
                 raise
-            # The writers name the hidden temporary file; the user knows the input.
+            # The writers name the hidden staging file; the user knows the input.
             raise FileError(src, exc.reason, stage=exc.stage, transient=exc.transient) from exc
         except BaseException:
-            tmp.unlink(missing_ok=True)
+            _discard(out)
             raise
         seconds = time.monotonic() - started
         return Result(
             str(src),
-            str(dst),
+            str(out),
             kind,
             frames,
             found,
@@ -159,7 +165,7 @@ class Engine:
             stats,
         )
 
-    def _image(self, src: Path, tmp: Path, suffix: str, observe: Observer | None) -> tuple[int, int]:
+    def _image(self, src: Path, out: Path, observe: Observer | None) -> tuple[int, int]:
         img = image_io.read_image(
             src, max_pixels=self.cfg.media.max_pixels, max_frame_bytes=self.cfg.media.max_frame_mb << 20
         )
@@ -168,15 +174,15 @@ class Engine:
         mask = self._rasterize(det, img.shape[1], img.shape[0])
         if observe is not None:
             observe(mask, self._hidden(det))
-        hide(img, mask, self.cfg.protect)
+        self.style.hide(img, mask)
         found = len(det)
-        image_io.write_image(tmp, img, fmt=suffix.lower().lstrip("."), quality=self.cfg.media.image_quality)
+        image_io.write_image(out, img, fmt=out.suffix.lower().lstrip("."), quality=self.cfg.media.image_quality)
         return 1, found
 
     def _video(
         self,
         src: Path,
-        tmp: Path,
+        out: Path,
         progress: Progress | None,
         cancel: threading.Event | None,
         observe: Observer | None = None,
@@ -203,7 +209,7 @@ class Engine:
         ) as reader:
             total = reader.info.frames
             with video_io.VideoWriter(
-                tmp,
+                out,
                 reader.info,
                 source=src,
                 crf=v.crf,
@@ -217,21 +223,25 @@ class Engine:
                     if observe is not None:
                         observe(p.mask, None if p.det is None else self._hidden(p.det))
                     t0 = time.perf_counter()
-                    hide(p.item.image, p.mask, self.cfg.protect)
+                    self.style.hide(p.item.image, p.mask)
                     stats.protection += time.perf_counter() - t0
                     writer.write(p.item, p.item.image)
                     written += 1
-                    if progress is not None:
-                        progress(written, total)
 
                 planner: Planner[video_io.Frame] = Planner(self.cfg.temporal, detect, self._rasterize)
                 decoder = Producer(reader.frames, QUEUE_FRAMES, "edgeguard-decode")
                 encoder: Consumer[Planned[video_io.Frame]] = Consumer(encode, QUEUE_FRAMES, "edgeguard-encode")
+                handed = 0
                 try:
                     for planned in planner.run((f, f.image) for f in decoder):
                         if cancel is not None and cancel.is_set():
                             raise Cancelled(src)
                         encoder.put(planned)
+                        handed += 1
+                        # Reported from this thread, by frames handed to the encoder (at most
+                        # QUEUE_FRAMES ahead of those written): the encoder thread calls no one.
+                        if progress is not None:
+                            progress(handed, total)
                     encoder.finish()
                 finally:
                     decoder.close()
@@ -274,3 +284,9 @@ class Engine:
             raise
         except Exception as exc:
             raise FileError(src, f"detection failed: {exc}", stage="detect") from exc
+
+
+def _discard(path: Path) -> None:
+    """Remove a partial output; a name the filesystem refused (too long, gone folder) left nothing."""
+    with contextlib.suppress(OSError):
+        path.unlink(missing_ok=True)

@@ -1,4 +1,4 @@
-"""Turn detections into a protection mask and hide what it covers."""
+"""Turn detections into the mask of pixels to hide (the styles in `styles` hide them)."""
 
 from __future__ import annotations
 
@@ -6,9 +6,8 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from edgeguard.config import ProtectConfig
 from edgeguard.detections import Detections, clip_boxes
-from edgeguard.frames import Image, Mask
+from edgeguard.frames import Mask
 
 Pads = npt.NDArray[np.int32]  # pixels to grow each instance by, beside `dilate`
 
@@ -136,44 +135,3 @@ def grow(mask: Mask, pixels: int) -> Mask:
     out = mask.copy()
     out[y0:y1, x0:x1] = cv2.dilate(mask[y0:y1, x0:x1], kernel)
     return out
-
-
-def hide(image: Image, mask: Mask, cfg: ProtectConfig) -> Image:
-    """Hide every masked pixel of `image` in place, with the configured style."""
-    x, y, w, h = cv2.boundingRect(mask)
-    if w == 0:
-        return image
-    color = image[:, :, :3]
-    H, W = mask.shape
-    if cfg.style == "fill":
-        x0, y0, x1, y1 = x, y, x + w, y + h
-        r, g, b = cfg.color
-        done = np.empty((h, w, 3), np.uint8)
-        done[:] = (b, g, r)
-    elif cfg.style == "blur":
-        # Blur a margin around the area too so the kernel sees real neighbours, not a border.
-        # Stack blur looks like a Gaussian but costs the same at any kernel size.
-        m = cfg.blur_kernel // 2
-        x0, y0, x1, y1 = max(0, x - m), max(0, y - m), min(W, x + w + m), min(H, y + h + m)
-        done = cv2.stackBlur(np.ascontiguousarray(color[y0:y1, x0:x1]), (cfg.blur_kernel, cfg.blur_kernel))
-    else:
-        # Blocks sit on the frame's grid so they do not crawl as the area moves; at the right
-        # and bottom edges the last blocks are padded (edge pixels repeated) to full size.
-        b = cfg.pixelate_block
-        x0, y0 = x - x % b, y - y % b
-        x1, y1 = min(W, -(-(x + w) // b) * b), min(H, -(-(y + h) // b) * b)
-        roi = color[y0:y1, x0:x1]
-        pad_y, pad_x = (-(y1 - y0)) % b, (-(x1 - x0)) % b
-        if pad_x or pad_y:
-            roi = cv2.copyMakeBorder(roi, 0, pad_y, 0, pad_x, cv2.BORDER_REPLICATE)
-        rh, rw = roi.shape[:2]
-        small = cv2.resize(roi, (rw // b, rh // b), interpolation=cv2.INTER_AREA)
-        done = cv2.resize(small, (rw, rh), interpolation=cv2.INTER_NEAREST)[: y1 - y0, : x1 - x0]
-    region = color[y0:y1, x0:x1]
-    # A masked copy in OpenCV is ~40x faster than NumPy boolean indexing on a 720p area. It writes
-    # into the frame directly, except for the colour channels of a BGRA image (a strided view).
-    target = region if image.shape[2] == 3 else np.ascontiguousarray(region)
-    out = cv2.copyTo(np.ascontiguousarray(done), mask[y0:y1, x0:x1], target)
-    if not np.shares_memory(out, region):
-        region[...] = out
-    return image

@@ -28,7 +28,7 @@ from edgeguard.carry import Interval, Margins, Placement, placed_detections
 from edgeguard.config import TemporalConfig
 from edgeguard.detections import Detections
 from edgeguard.frames import Image, Mask
-from edgeguard.protection import Pads
+from edgeguard.masks import Pads
 from edgeguard.tracking import FlowFrame, Track, seed, step
 
 T = TypeVar("T")

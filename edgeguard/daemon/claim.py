@@ -29,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgeguard.daemon.folders import candidate_names
+from edgeguard.durable import candidate_names
 from edgeguard.errors import Cancelled
 
 log = logging.getLogger(__name__)

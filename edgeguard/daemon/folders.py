@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import logging
 import os
-import shutil
 import stat
 import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from edgeguard.config import PathsConfig
-from edgeguard.durable import fsync_dir, fsync_file
 from edgeguard.errors import SetupError
 
 log = logging.getLogger(__name__)
@@ -123,79 +119,3 @@ class FolderLocks:
         for fd in self._fds.values():
             os.close(fd)
         self._fds.clear()
-
-
-def output_problem(folders: Folders) -> str | None:
-    """Why nothing can be published into the output folder now, or None.
-
-    access(), not a probe file: a kill between creating and removing one would leave
-    it in the output folder, where consumers look. access() also reports a read-only mount.
-    """
-    if not os.access(folders.output, os.W_OK | os.X_OK):
-        return f"{folders.output} is not writable by the daemon"
-    return None
-
-
-def free_bytes(path: Path) -> int:
-    st = os.statvfs(path)
-    return st.f_bavail * st.f_frsize
-
-
-def candidate_names(name: str) -> list[str]:
-    stem, dot, ext = name.rpartition(".")
-    if not dot or not stem:
-        stem, ext = name, ""
-    sfx = f".{ext}" if ext else ""
-    return [name] + [f"{stem}-{i}{sfx}" for i in range(1, 10000)]
-
-
-def move_noclobber(src: Path, folder: Path, name: str, before: Callable[[Path], None] | None = None) -> Path:
-    """Move `src` into `folder` as `name` (or name-1, name-2, ...), never replacing a file.
-
-    A hard link is the atomic "create only if absent"; a filesystem without
-    hard links, or another filesystem, gets a copy that is fsynced first.
-    `before(dst)` is called with the chosen name before anything moves, so the
-    caller can record where the file is going (after a crash, `src` may be gone).
-    A move a crash interrupted after the link (`src` still there, and already
-    linked under a candidate name) is finished, not made a second time.
-    """
-    src_st = src.lstat()
-    for candidate in candidate_names(name):
-        dst = folder / candidate
-        try:
-            dst_st = dst.lstat()
-        except FileNotFoundError:
-            pass
-        else:
-            if (dst_st.st_dev, dst_st.st_ino) != (src_st.st_dev, src_st.st_ino):
-                continue
-            if before is not None:
-                before(dst)
-            fsync_dir(folder)
-            src.unlink()
-            fsync_dir(src.parent)
-            return dst
-        if before is not None:
-            before(dst)
-        try:
-            os.link(src, dst, follow_symlinks=False)
-        except FileExistsError:
-            continue
-        except OSError as exc:
-            if exc.errno not in (errno.EXDEV, errno.EPERM, errno.ENOTSUP, errno.EMLINK):
-                raise
-            if dst.exists():
-                continue
-            _copy_in(src, dst)
-        fsync_dir(folder)
-        src.unlink()
-        fsync_dir(src.parent)
-        return dst
-    raise OSError(errno.EEXIST, f"no free name for {name} in {folder}")
-
-
-def _copy_in(src: Path, dst: Path) -> None:
-    tmp = dst.with_name(f".{dst.name}.copying")
-    shutil.copyfile(src, tmp, follow_symlinks=False)
-    fsync_file(tmp)
-    os.replace(tmp, dst)

@@ -32,17 +32,17 @@ from edgeguard.daemon.claim import (
     put_back,
     release,
 )
-from edgeguard.daemon.folders import Folders, move_noclobber
-from edgeguard.durable import fsync_dir, fsync_file
-from edgeguard.engine import Engine, Result, default_output, temp_name
+from edgeguard.daemon.folders import Folders
+from edgeguard.durable import fsync_dir, fsync_file, move_noclobber
+from edgeguard.engine import Engine, Result
 from edgeguard.errors import Cancelled, EdgeguardError, FileError, InputError
 from edgeguard.media import image as image_io
 from edgeguard.media import media_kind
 from edgeguard.media import video as video_io
+from edgeguard.publish import Sink, is_staging, output_name, staging_path
 
 log = logging.getLogger(__name__)
 
-PARTIAL_MARK = ".partial"
 RELEASE_MARK = ".release"
 
 
@@ -59,11 +59,12 @@ class Withdrawn(Exception):
 class Jobs:
     """Runs jobs for the daemon; every method is called from the one worker thread."""
 
-    def __init__(self, cfg: Config, folders: Folders, ledger: L.Ledger, engine: Engine) -> None:
+    def __init__(self, cfg: Config, folders: Folders, ledger: L.Ledger, engine: Engine, sink: Sink) -> None:
         self.cfg = cfg
         self.folders = folders
         self.ledger = ledger
         self.engine = engine
+        self.sink = sink
         # Every name in incoming is resolved against this descriptor, never through a path.
         self.incoming_fd = os.open(folders.incoming, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
 
@@ -130,7 +131,7 @@ class Jobs:
             digest = job.sha256 or hash_claimed(work, snapshot, cancel, lambda: progress(0.0))
             self.ledger.update(job_id, sha256=digest)
             earlier = self.ledger.done_with_hash(digest, job_id)
-            if earlier is not None and earlier.output and Path(earlier.output).is_file():
+            if earlier is not None and earlier.output and self.sink.exists(earlier.output):
                 log.info(
                     "%s: same content as job %d, whose output %s is still there; not processed again",
                     job.name,
@@ -172,7 +173,7 @@ class Jobs:
         log.info(
             "%s -> %s: %d frames, %d detections, %.1f s",
             job.name,
-            final.name,
+            Path(final).name,
             result.frames,
             result.detections,
             result.seconds,
@@ -204,14 +205,13 @@ class Jobs:
         return Withdrawn(job.name, reason, until)
 
     def _protect(self, work: Path, name: str, cancel: threading.Event, progress: Callable[[float], None]) -> Result:
-        # The engine decides the format from the extension, so it sees the original name.
-        dst = default_output(Path(name), self.folders.work)
-        tmp = temp_name(dst, self.folders.work)
+        # The staging name keeps the output's extension: the engine picks the format from it.
+        staged = staging_path(self.folders.work, output_name(name))
 
         def report(done: int, total: int | None) -> None:
             progress(done / total if total else 0.0)
 
-        result = self.engine.protect_file(work, tmp, progress=report, cancel=cancel)
+        result = self.engine.protect_file(work, staged, progress=report, cancel=cancel)
         try:
             verify_output(Path(result.output), result, lambda: progress(1.0))
         except BaseException:
@@ -219,24 +219,22 @@ class Jobs:
             raise
         return result
 
-    def _publish(self, job_id: int, result: Result, name: str, attempts: int) -> Path:
-        tmp = Path(result.output)
+    def _publish(self, job_id: int, result: Result, name: str, attempts: int) -> str:
+        staged = Path(result.output)
         try:
-            # The name is recorded before the link: a crash right after it must not lead to a second output.
-            final = move_noclobber(
-                tmp,
-                self.folders.output,
-                default_output(Path(name), self.folders.output).name,
-                before=lambda dst: self.ledger.update(job_id, output=str(dst)),
+            # The address is recorded before the output appears: a crash right after it must not
+            # lead to a second output.
+            address = self.sink.publish(
+                staged, output_name(name), before=lambda where: self.ledger.update(job_id, output=where)
             )
         except OSError as exc:
-            # The output folder's fault (read-only, full), not the file's: not an attempt that counts.
-            tmp.unlink(missing_ok=True)
+            # The sink's fault (read-only, full), not the file's: not an attempt that counts.
+            staged.unlink(missing_ok=True)
             self.ledger.update(job_id, state=L.QUEUED, attempts=attempts, output=None)
-            reason = f"cannot publish into {self.folders.output}: {exc.strerror or exc}"
-            raise FileError(tmp, reason, stage="publish", transient=True) from exc
-        self.ledger.update(job_id, state=L.OUTPUT_DONE, output=str(final), progress=1.0)
-        return final
+            reason = f"cannot publish into {self.sink.describe()}: {exc.strerror or exc}"
+            raise FileError(staged, reason, stage="publish", transient=True) from exc
+        self.ledger.update(job_id, state=L.OUTPUT_DONE, output=address, progress=1.0)
+        return address
 
     def _recorded_final(self, job_id: int) -> Path | None:
         """Where an interrupted move recorded it was taking the original, if the file is there."""
@@ -338,7 +336,7 @@ class Jobs:
             elif job.state == L.OUTPUT_DONE:
                 log.info("job %d (%s): output was published before a crash; finishing", job.id, job.name)
                 self._dispose_original(job.id, work, job.name, L.DONE)
-            elif job.state == L.PROCESSING and job.output and Path(job.output).is_file():
+            elif job.state == L.PROCESSING and job.output and self.sink.exists(job.output):
                 # Linked into the output folder, but the crash came before OUTPUT_DONE was written.
                 log.info("job %d (%s): output was published before a crash; finishing", job.id, job.name)
                 self.ledger.update(job.id, state=L.OUTPUT_DONE)
@@ -386,9 +384,7 @@ class Jobs:
         for entry in os.scandir(self.folders.work):
             if entry.name in known or entry.name.endswith(RELEASE_MARK):
                 continue
-            if entry.name.startswith(".") and (
-                PARTIAL_MARK in entry.name or entry.name.startswith(".edgeguard-probe-")
-            ):
+            if is_staging(entry.name) or entry.name.startswith(".edgeguard-probe-"):
                 # Only the daemon's own hidden temporaries: an original may be called x.partial.mp4.
                 log.info("removing partial output %s", entry.name)
                 Path(entry.path).unlink(missing_ok=True)

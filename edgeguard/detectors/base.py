@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import Generic, TypeVar
 
 import cv2
 import numpy as np
 
 from edgeguard import dnn_target
-from edgeguard.config import DetectorConfig
 from edgeguard.detections import Detections, clip_boxes
 from edgeguard.errors import ConfigError, SetupError
 from edgeguard.frames import Image
+from edgeguard.settings import DetectorSettings, PluginOptions
 
 log = logging.getLogger(__name__)
 
@@ -41,10 +42,38 @@ def read_labels(path: Path) -> list[str]:
     return [COCO_ALIASES.get(s.strip(), s.strip()) for s in lines if s.strip()]
 
 
-class Detector(ABC):
-    """Finds instances of the configured classes in a BGR frame."""
+OptionsT = TypeVar("OptionsT", bound=PluginOptions)
 
-    type_key: ClassVar[str]
+
+@dataclass(frozen=True)
+class DetectorSpec:
+    """Everything a plugin is built from, read once by the factory."""
+
+    cfg: DetectorSettings  # the keys every plugin reads
+    files: Mapping[str, Path]  # role -> verified file
+    target: str  # a DNN target that runs here
+    name: str  # the model's name
+    native_size: tuple[int, int] | None = None  # the manifest's input size
+    score_floor: float | None = None  # the lowest score a caller may ask for (keyframes)
+
+
+def check_classes(classes: Iterable[str], labels: Iterable[str], name: str, *, has_faces: bool) -> None:
+    """ConfigError unless every class is one of the model's labels (or `face`, with a face model)."""
+    wanted = set(classes)
+    if FACE in wanted and not has_faces:
+        raise ConfigError([f"detector.classes: {FACE!r} needs a face model, which {name} does not provide"])
+    unknown = sorted(wanted - {FACE} - set(labels))
+    if unknown:
+        raise ConfigError([f"detector.classes: {', '.join(map(repr, unknown))} not a class of {name}"])
+
+
+class Detector(ABC, Generic[OptionsT]):
+    """Finds instances of the configured classes in a BGR frame.
+
+    A plugin subclasses it with its own options model (`Detector[MyOptions]`), reads
+    them as `self.options`, and registers both with `registry.register`.
+    """
+
     #: the model gives per-instance masks (else protection falls back to boxes)
     has_masks: bool = False
     #: the caller uses masks; a model may skip computing them when False
@@ -52,39 +81,38 @@ class Detector(ABC):
     #: `temporal.keyframe_mirror: auto` looks at mirrored keyframes too (for small models whose
     #: detections flicker from frame to frame; cheap for them)
     mirror_keyframes: bool = False
+    #: the settings the factory built it from (see `detectors.reusable`)
+    built_from: tuple[object, ...] = ()
 
-    def __init__(
-        self,
-        cfg: DetectorConfig,
-        files: Mapping[str, Path],
-        target: str,
-        name: str,
-        native_size: tuple[int, int] | None = None,
-        score_floor: float | None = None,
-    ) -> None:
+    def __init__(self, spec: DetectorSpec, options: OptionsT) -> None:
+        cfg, name = spec.cfg, spec.name
         self.cfg = cfg
-        self.native_size = native_size
+        self.options = options
+        self.native_size = spec.native_size
+        floor = spec.score_floor
         # The lowest score any caller may ask for (keyframes look harder than cfg.confidence).
-        self.score_floor = min(cfg.confidence, score_floor if score_floor is not None else cfg.confidence)
-        self.target = target
+        self.score_floor = min(cfg.confidence, floor if floor is not None else cfg.confidence)
+        self.target = spec.target
         self.model_name = name
+        files = spec.files
         self.labels = read_labels(files["labels"])
         self.faces: FaceDetector | None = None
+        check_classes(cfg.classes, self.labels, name, has_faces="faces" in files)
         wanted = set(cfg.classes)
         # Face mode: persons are found too, followed between keyframes, and their heads hidden.
         self.heads = FACE in wanted and cfg.heads and PERSON in self.labels and PERSON not in wanted
         if FACE in wanted:
-            if "faces" not in files:
-                raise ConfigError([f"detector.classes: {FACE!r} needs a face model, which {name} does not provide"])
-            self.faces = FaceDetector(files["faces"], cfg.confidence, target)
+            self.faces = FaceDetector(files["faces"], cfg.confidence, spec.target)
             wanted.discard(FACE)
-        unknown = sorted(wanted - set(self.labels))
-        if unknown:
-            raise ConfigError([f"detector.classes: {', '.join(map(repr, unknown))} not a class of {name}"])
         if self.heads:
             wanted.add(PERSON)
         self.class_ids = np.array([i for i, c in enumerate(self.labels) if c in wanted], np.int64)
         self._load(files)
+
+    @classmethod
+    def optional_roles(cls, cfg: DetectorSettings, options: OptionsT) -> set[str]:
+        """The optional manifest files this configuration needs (faces for the class `face`)."""
+        return {"faces"} if FACE in cfg.classes else set()
 
     @abstractmethod
     def _load(self, files: Mapping[str, Path]) -> None:

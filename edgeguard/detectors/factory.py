@@ -1,31 +1,24 @@
-"""Detector plugins by type key, and the factory that builds the configured one."""
+"""The factory: the configured detector plugin, built on a target that runs here.
+
+A new detector is one module: its options model, its `Detector` subclass, and a
+`register()` call (see `registry`); nothing here changes.
+"""
 
 from __future__ import annotations
 
-import importlib
 import logging
 from pathlib import Path
+from typing import Any
 
 import cv2
 
 from edgeguard import dnn_target, models
 from edgeguard.config import Config
-from edgeguard.detectors.base import Detector
+from edgeguard.detectors.base import FACE, Detector, DetectorSpec, check_classes, read_labels
+from edgeguard.detectors.registry import Plugin, plugin
 from edgeguard.errors import ConfigError
 
 log = logging.getLogger(__name__)
-
-# type key -> module; modules import lazily so a broken optional backend only hurts its users.
-PLUGINS = {"maskrcnn": "edgeguard.detectors.maskrcnn", "yolox": "edgeguard.detectors.yolox"}
-
-
-def plugin(type_key: str) -> type[Detector]:
-    try:
-        module = importlib.import_module(PLUGINS[type_key])
-    except KeyError:
-        raise ConfigError([f"model backend {type_key!r} is not one of {sorted(PLUGINS)}"]) from None
-    cls: type[Detector] = module.DETECTOR
-    return cls
 
 
 def manifest_dirs(cfg: Config) -> list[Path]:
@@ -35,8 +28,10 @@ def manifest_dirs(cfg: Config) -> list[Path]:
 def model_files(cfg: Config) -> tuple[models.Manifest, dict[str, Path]]:
     """The manifest and the file of every role, checked (checksums unless given explicitly)."""
     manifest = models.find_manifest(cfg.detector.model, manifest_dirs(cfg))
+    chosen = plugin(manifest.backend)
+    wanted = chosen.detector.optional_roles(cfg.detector, _options(cfg, chosen))
     explicit = {k: v for k, v in cfg.detector.files.model_dump().items() if v is not None}
-    roles = [r for r, f in manifest.files.items() if (not f.optional or _wanted(cfg, r)) and r not in explicit]
+    roles = [r for r, f in manifest.files.items() if (not f.optional or r in wanted) and r not in explicit]
     files = models.resolve(manifest, cfg.models_dir(), roles=roles) if roles else {}
     for role, path in explicit.items():
         if not Path(path).is_file():
@@ -45,18 +40,57 @@ def model_files(cfg: Config) -> tuple[models.Manifest, dict[str, Path]]:
     return manifest, files
 
 
-def _wanted(cfg: Config, role: str) -> bool:
-    return (role == "faces" and "face" in cfg.detector.classes) or (role == "segmenter" and cfg.detector.silhouettes)
+def _options(cfg: Config, chosen: Plugin) -> Any:
+    found = cfg.detector.options(chosen.type_key)
+    return found if found is not None else chosen.options()
 
 
-def create_detector(cfg: Config) -> Detector:
+def _inputs(cfg: Config) -> tuple[object, ...]:
+    """Every setting `create_detector` reads: a detector serves any config that agrees on them."""
+    return cfg.detector, cfg.models, cfg.temporal.keyframe_confidence, cfg.models_dir()
+
+
+def create_detector(cfg: Config) -> Detector[Any]:
     """Load the configured model on a target that really runs here."""
     if cfg.detector.threads:
         cv2.setNumThreads(cfg.detector.threads)
     manifest, files = model_files(cfg)
+    chosen = plugin(manifest.backend)
     target = dnn_target.choose(cfg.detector.target, cfg.detector.on_unavailable)
-    detector = plugin(manifest.backend)(
+    spec = DetectorSpec(
         cfg.detector, files, target, manifest.name, manifest.input_size, cfg.temporal.keyframe_confidence
     )
+    detector = chosen.detector(spec, _options(cfg, chosen))
+    detector.built_from = _inputs(cfg)
     log.info("loaded model %s (%s) on %s", manifest.name, manifest.backend, target)
     return detector
+
+
+def reusable(detector: Detector[Any], cfg: Config) -> bool:
+    """Whether `detector` is what `create_detector(cfg)` would build (a reload may keep it)."""
+    return detector.built_from == _inputs(cfg)
+
+
+def check(cfg: Config) -> list[str]:
+    """Check the model and classes against the manifests without loading anything heavy.
+
+    ConfigError on a problem; returns notes on what could not be checked here.
+    """
+    manifest = models.find_manifest(cfg.detector.model, manifest_dirs(cfg))
+    plugin(manifest.backend)
+    explicit = cfg.detector.files.labels
+    if explicit is not None:
+        labels: Path | None = explicit
+    elif manifest.labels is not None:
+        labels = models.file_path(manifest, manifest.labels, cfg.models_dir())
+    else:
+        labels = None
+    has_faces = "faces" in manifest.files or cfg.detector.files.model_dump().get("faces") is not None
+    if labels is None or not labels.is_file():
+        check_classes([c for c in cfg.detector.classes if c == FACE], [], manifest.name, has_faces=has_faces)
+        return [
+            f"detector.classes not checked: the labels of {manifest.name} are not here yet "
+            f"(edgeguard models fetch {manifest.name})"
+        ]
+    check_classes(cfg.detector.classes, read_labels(labels), manifest.name, has_faces=has_faces)
+    return []

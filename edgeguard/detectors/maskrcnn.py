@@ -6,20 +6,24 @@ import logging
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Annotated
 
 import cv2
 import numpy as np
+from pydantic import Field
 
 from edgeguard import dnn_target
 from edgeguard.detections import Detections, clip_boxes
 from edgeguard.detectors.base import Detector
+from edgeguard.detectors.registry import register
 from edgeguard.errors import SetupError
 from edgeguard.frames import Image
+from edgeguard.settings import PluginOptions
 
 log = logging.getLogger(__name__)
 
 OUTPUTS = ["detection_out_final", "detection_masks"]
-# Second-stage row counts tried before detector.max_detections (see RowLadder).
+# Second-stage row counts tried before detector.maskrcnn.max_detections (see RowLadder).
 RUNGS = (16, 32, 48, 64)
 # Keyframes in a row that would fit the lower rung with room before stepping down to it.
 CALM = 3
@@ -127,11 +131,21 @@ class RowLadder:
             self.calm = 0
 
 
-class MaskRCNN(Detector):
-    type_key = "maskrcnn"
+class MaskRcnnOptions(PluginOptions):
+    """`detector.maskrcnn`: keys of the Mask R-CNN plugin."""
 
+    # Mask probability above which a pixel belongs to the instance.
+    mask_threshold: Annotated[float, Field(ge=0, le=1)] = 0.35
+    # Second-stage detections kept (OpenCV pads to this many); fewer = faster masks.
+    max_detections: Annotated[int, Field(ge=1, le=100)] = 100
+    # Run the second stage with as few rows as the scene fills (16, 32, 48, 64, then
+    # max_detections), retrying a rung up whenever all rows are used: same answer, less mask work.
+    adaptive_rows: bool = True
+
+
+class MaskRCNN(Detector[MaskRcnnOptions]):
     def _load(self, files: Mapping[str, Path]) -> None:
-        cfg = self.cfg
+        opts = self.options
         try:
             self._graph = files["graph"].read_text(encoding="utf-8")
             # Kept to build the net at other row counts. Buffers must be uint8 arrays:
@@ -142,7 +156,7 @@ class MaskRCNN(Detector):
         self._weights_path = files["weights"]
         # The graph's own floor (0.3) would hide detections a lower configured threshold wants.
         self.floor = min(self.score_floor, 0.3)
-        self.ladder = RowLadder(cfg.max_detections, RUNGS if cfg.adaptive_rows else ())
+        self.ladder = RowLadder(opts.max_detections, RUNGS if opts.adaptive_rows else ())
         gated = gate_classes(self._graph, self.class_ids.tolist())
         if gated is None:
             log.warning(
@@ -213,7 +227,7 @@ class MaskRCNN(Detector):
                 inst.append(np.zeros((bh, bw), np.bool_))
                 continue
             prob = cv2.resize(masks[i, cls[i]], (bw, bh), interpolation=cv2.INTER_LINEAR)
-            inst.append(prob > self.cfg.mask_threshold)
+            inst.append(prob > self.options.mask_threshold)
         return Detections(boxes, rows[keep, 2].astype(np.float32), names, tuple(inst), (w, h))
 
 
@@ -222,4 +236,4 @@ def _first_line(exc: BaseException) -> str:
     return lines[-1] if lines else type(exc).__name__
 
 
-DETECTOR = MaskRCNN
+PLUGIN = register("maskrcnn", MaskRcnnOptions, MaskRCNN)

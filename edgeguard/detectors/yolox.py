@@ -17,8 +17,10 @@ import numpy.typing as npt
 from edgeguard import dnn_target
 from edgeguard.detections import Detections, clip_boxes
 from edgeguard.detectors.base import Detector
+from edgeguard.detectors.registry import register
 from edgeguard.errors import ConfigError, SetupError
 from edgeguard.frames import Image
+from edgeguard.settings import DetectorSettings, PluginOptions
 
 STRIDES = (8, 16, 32)
 NATIVE_SIZE = 416
@@ -36,8 +38,18 @@ def _grid(size: int) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
     return np.concatenate(offs).astype(np.float32), np.concatenate(strides).astype(np.float32)[:, None]
 
 
-class YoloX(Detector):
-    type_key = "yolox"
+class YoloxOptions(PluginOptions):
+    """`detector.yolox`: keys of the YOLOX plugin."""
+
+    # Person silhouettes from selfie segmentation on each person crop (else boxes); needs the
+    # manifest's optional `segmenter` file.
+    silhouettes: bool = False
+
+
+class YoloX(Detector[YoloxOptions]):
+    @classmethod
+    def optional_roles(cls, cfg: DetectorSettings, options: YoloxOptions) -> set[str]:
+        return super().optional_roles(cfg, options) | ({"segmenter"} if options.silhouettes else set())
 
     def _load(self, files: Mapping[str, Path]) -> None:
         cfg, name, target = self.cfg, self.model_name, self.target
@@ -46,7 +58,7 @@ class YoloX(Detector):
             raise ConfigError([f"detector.input_size: {name} needs a multiple of 32, not {self.size}"])
         try:
             self.net = cv2.dnn.readNetFromONNX(str(files["weights"]))
-            self.seg = cv2.dnn.readNetFromTFLite(str(files["segmenter"])) if cfg.silhouettes else None
+            self.seg = cv2.dnn.readNetFromTFLite(str(files["segmenter"])) if self.options.silhouettes else None
         except cv2.error as exc:
             raise SetupError(f"cannot load {name}: {str(exc).strip().splitlines()[-1]}") from exc
         dnn_target.apply(self.net, target)
@@ -118,4 +130,4 @@ def _full(box: npt.NDArray[np.int32]) -> npt.NDArray[np.bool_]:
     return np.ones((int(box[3] - box[1]), int(box[2] - box[0])), np.bool_)
 
 
-DETECTOR = YoloX
+PLUGIN = register("yolox", YoloxOptions, YoloX)

@@ -168,12 +168,39 @@ def test_write_failure_names_the_input_not_a_temp_file(
     name: str, tmp_path: Path, yolox_env: Path, avi20: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     src = media(name) if name == "city.jpg" else avi20
-    dst = tmp_path / "no-such-dir" / ("out" + (".jpg" if name == "city.jpg" else ".mp4"))
+    # A name the filesystem takes but its staging name (longer) does not: the write itself fails.
+    dst = tmp_path / ("o" * 240 + (".jpg" if name == "city.jpg" else ".mp4"))
     code, _, err = cli(capsys, "protect", src, "-o", dst, *YOLOX)
     assert code == 1
     (line,) = error_lines(err)
     assert ".partial" not in line
     assert src.name in line
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_output_into_a_missing_folder_names_the_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    missing = tmp_path / "no-such-dir"
+    code, _, err = cli(capsys, "protect", media("city.jpg"), "-o", missing / "out.jpg", *YOLOX)
+    assert code == 2
+    (line,) = error_lines(err)
+    assert f"the folder {missing} does not exist" in line and "--out-dir" in line
+    assert not missing.exists()
+
+
+def test_output_to_a_folder_name_works_like_out_dir(
+    tmp_path: Path, yolox_env: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = cli(capsys, "protect", media("city.jpg"), "-o", f"{tmp_path / 'new'}/", *YOLOX)
+    assert code == 0, err
+    assert [p.name for p in (tmp_path / "new").iterdir()] == ["city.jpg"]
+
+
+def test_a_directory_input_says_it_is_one(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = cli(capsys, "protect", tmp_path, *YOLOX)
+    assert code == 2
+    assert error_lines(err) == [
+        f"edgeguard: edgeguard protect: {tmp_path} is a directory; give the files in it (e.g. {tmp_path}/*)"
+    ]
 
 
 def test_two_inputs_never_share_one_output(tmp_path: Path, yolox_env: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -222,7 +249,7 @@ def test_output_over_its_input_is_refused(tmp_path: Path, capsys: pytest.Capture
 @pytest.mark.parametrize(
     ("item", "message"),
     [
-        ("protect.style=sparkle", "--set protect.style: Input should be 'blur', 'pixelate' or 'fill'"),
+        ("protect.style=sparkle", "--set protect.style: 'sparkle' is not a hiding style: blur, fill, pixelate"),
         ("detector.confidence=1.5", "--set detector.confidence: Input should be less than or equal to 1"),
         ("nokey", "--set nokey: expected KEY=VALUE"),
         ("detector.colour=1", "--set detector.colour: unknown key"),
@@ -295,6 +322,12 @@ def test_doctor_ok_with_yolox_on_cpu(yolox_env: Path, capsys: pytest.CaptureFixt
         assert f"target {name}" in out
     assert "target cpu (configured)" in out
     assert "model yolox_nano" in out and "verified" in out
+    # Targets nobody configured are information, never a failure.
+    assert not [line for line in out.splitlines() if line.startswith("FAIL")], out
+    if not dnn_target.probe("cuda").ok:
+        (cuda,) = [line for line in out.splitlines() if line.split()[:3] == ["--", "target", "cuda"]]
+        assert "not available here" in cuda
+    assert out.splitlines()[-1] == "the configured setup can run here: model yolox_nano on cpu"
 
 
 def test_doctor_fails_when_the_model_is_missing(empty_models: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -302,6 +335,29 @@ def test_doctor_fails_when_the_model_is_missing(empty_models: Path, capsys: pyte
     assert code == 3
     (line,) = [line for line in out.splitlines() if line.startswith("FAIL model")]
     assert "edgeguard models fetch yolox_nano" in line
+    assert out.splitlines()[-1] == "the configured setup cannot run here: model yolox_nano is not ready"
+
+
+def test_check_config_checks_the_model_and_its_classes(yolox_env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = cli(capsys, "check-config", *YOLOX, "--set", "detector.classes=[person, bicycle]")
+    assert (code, out.strip()) == (0, "<defaults>: ok"), err
+    code, _, err = cli(capsys, "check-config", *YOLOX, "--set", "detector.classes=[person, unicorn]")
+    assert code == 2
+    assert error_lines(err) == ["edgeguard: detector.classes: 'unicorn' not a class of yolox_nano"]
+    code, _, err = cli(capsys, "check-config", "--set", "detector.model=yolo_huge")
+    assert code == 2
+    (line,) = error_lines(err)
+    assert "unknown model 'yolo_huge'; available: mask_rcnn_inception_v2_coco, yolox_nano" in line
+
+
+def test_check_config_says_what_it_could_not_check(empty_models: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = cli(capsys, "check-config", *YOLOX)
+    assert code == 0
+    assert out.splitlines() == [
+        "note: detector.classes not checked: the labels of yolox_nano are not here yet "
+        "(edgeguard models fetch yolox_nano)",
+        "<defaults>: ok",
+    ]
 
 
 def test_doctor_fails_for_an_unavailable_configured_target(yolox_env: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -331,7 +387,8 @@ def test_models_list_fetch_from_and_use(empty_models: Path, tmp_path: Path, caps
     assert code == 0
     rows = {line.split()[1] if line.startswith("*") else line.split()[0]: line for line in out.splitlines()}
     assert {"yolox_nano", "mask_rcnn_inception_v2_coco"} <= rows.keys()
-    assert rows["yolox_nano"].startswith("*") and "not ready" in rows["yolox_nano"]
+    assert rows["yolox_nano"].startswith("*")
+    assert rows["yolox_nano"].endswith("not provisioned: run `edgeguard models fetch yolox_nano`")
 
     code, out, err = cli(capsys, "models", "fetch", "yolox_nano", "--from", CANDIDATES)
     assert code == 0, err
@@ -341,8 +398,7 @@ def test_models_list_fetch_from_and_use(empty_models: Path, tmp_path: Path, caps
 
     code, out, _ = cli(capsys, "models", "list", *YOLOX)
     assert any(
-        line.startswith("*") and "yolox_nano" in line and " ready" in line and "not ready" not in line
-        for line in out.splitlines()
+        line.startswith("*") and "yolox_nano" in line and line.endswith(" ready") for line in out.splitlines()
     ), out
     code, _, err = cli(capsys, "protect", media("city.jpg"), "-o", tmp_path / "x.jpg", *YOLOX)
     assert code == 0, err

@@ -22,11 +22,11 @@ import pytest
 
 from edgeguard.config import Config, load_config
 from edgeguard.detections import Detections
-from edgeguard.detectors import create_detector
+from edgeguard.detectors.factory import create_detector
 from edgeguard.engine import Engine, Result
 from edgeguard.errors import Cancelled
 from edgeguard.frames import Image
-from edgeguard.protection import rasterize
+from edgeguard.masks import rasterize
 from tests.conftest import media
 from tests.support.probe import ffmpeg, ffprobe, frame_times, streams, top_level_boxes
 
@@ -143,7 +143,7 @@ def reference() -> Callable[[Run], list[Detections]]:
 def test_image_people_filled_exactly_and_nothing_else_touched(shape: str, models_env: Path, tmp_path: Path) -> None:
     src = tmp_path / "city.png"  # lossless in and out: every pixel can be compared exactly
     assert cv2.imwrite(str(src), cv2.imread(str(media("city.jpg"))))
-    cfg = load_config(None, [*FILL, f"protect.shape={shape}", "detector.silhouettes=true"])
+    cfg = load_config(None, [*FILL, f"protect.shape={shape}", "detector.yolox.silhouettes=true"])
     dst = tmp_path / "out.png"
     result = Engine(cfg).protect_file(src, dst)
 
@@ -210,8 +210,8 @@ def check_video_privacy(
 
 
 # Both runs use silhouettes so the detector config, and so the reference detections, are the same.
-DOS_KEYFRAMES = (*FILL, "protect.shape=box", "detector.silhouettes=true")
-DOS_EVERY_FRAME = (*FILL, "protect.shape=mask", "detector.silhouettes=true", "temporal.keyframe_interval=1")
+DOS_KEYFRAMES = (*FILL, "protect.shape=box", "detector.yolox.silhouettes=true")
+DOS_EVERY_FRAME = (*FILL, "protect.shape=mask", "detector.yolox.silhouettes=true", "temporal.keyframe_interval=1")
 
 
 def test_video_keyframe_mode_hides_people_and_leaves_the_rest(

@@ -16,10 +16,11 @@ import pytest
 
 from edgeguard.config import Config, TemporalConfig, load_config
 from edgeguard.detections import Detections
-from edgeguard.detectors import Detector, create_detector
+from edgeguard.detectors.base import Detector
+from edgeguard.detectors.factory import create_detector
 from edgeguard.engine import keyframe_looker
+from edgeguard.masks import Pads, rasterize
 from edgeguard.media.video import VideoReader
-from edgeguard.protection import Pads, rasterize
 from edgeguard.temporal import TAIL, Planned, Planner
 from tests.conftest import media
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from edgeguard.carry import Margins, Placement, placed_detections
-from edgeguard.protection import rasterize
+from edgeguard.masks import rasterize
 
 W, H = 640, 360
 

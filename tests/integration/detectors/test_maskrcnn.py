@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from edgeguard.config import load_config
-from edgeguard.detectors import create_detector
+from edgeguard.detectors.factory import create_detector
 from edgeguard.detectors.maskrcnn import CALM, MaskRCNN, RowLadder, gate_classes, tune_graph
 from edgeguard.errors import SetupError
 from tests.conftest import CANDIDATES, PBTXT, media, need, standin_overrides
@@ -102,7 +102,7 @@ def test_max_detections_caps_the_instances(
 ) -> None:
     code, out, err = cli(
         capsys, "protect", city_png, "-o", tmp_path / "out.png", "--json",
-        *sets(standin_dir, "detector.max_detections=10"),
+        *sets(standin_dir, "detector.maskrcnn.max_detections=10"),
     )  # fmt: skip
     assert code == 0, err
     assert 0 < json.loads(out)["detections"] <= 10
@@ -127,7 +127,7 @@ def test_face_class_with_the_face_model_adds_faces(standin_dir: Path, empty_mode
     yunet = need(CANDIDATES / "face_detection_yunet_2026may.onnx")
     (empty_models / MODEL).mkdir()
     shutil.copy(yunet, empty_models / MODEL / yunet.name)
-    extra = ["detector.classes=[person, face]", "detector.max_detections=10"]
+    extra = ["detector.classes=[person, face]", "detector.maskrcnn.max_detections=10"]
     cfg = load_config(None, [*standin_overrides(standin_dir), *extra])
     det = create_detector(cfg).detect(cv2.imread(str(media("city.jpg"))))
     assert "face" in det.classes and "person" in det.classes
@@ -135,7 +135,9 @@ def test_face_class_with_the_face_model_adds_faces(standin_dir: Path, empty_mode
 
 
 def test_input_size_keeps_boxes_in_frame_coordinates(standin_dir: Path, empty_models: Path) -> None:
-    cfg = load_config(None, [*standin_overrides(standin_dir), "detector.input_size=320", "detector.max_detections=10"])
+    cfg = load_config(
+        None, [*standin_overrides(standin_dir), "detector.input_size=320", "detector.maskrcnn.max_detections=10"]
+    )
     image = cv2.imread(str(media("city.jpg")))
     det = create_detector(cfg).detect(image)
     assert 0 < len(det) <= 10
@@ -235,7 +237,7 @@ def test_row_ladder_gives_the_answer_of_all_rows(standin_dir: Path) -> None:
     image = cv2.imread(str(media("city.jpg")))
     found = {}
     for adaptive in (True, False):
-        cfg = load_config(None, [*standin_overrides(standin_dir), f"detector.adaptive_rows={adaptive}"])
+        cfg = load_config(None, [*standin_overrides(standin_dir), f"detector.maskrcnn.adaptive_rows={adaptive}"])
         detector = create_detector(cfg)
         assert isinstance(detector, MaskRCNN)
         found[adaptive] = detector.detect(image.copy(), 0.25), detector.ladder.rows

@@ -13,8 +13,8 @@ import pytest
 
 from edgeguard.config import load_config
 from edgeguard.detections import Detections
-from edgeguard.detectors import create_detector
 from edgeguard.detectors.base import Detector
+from edgeguard.detectors.factory import create_detector
 from edgeguard.errors import ConfigError
 from edgeguard.frames import Image
 from tests.conftest import media
@@ -71,7 +71,7 @@ def test_finds_the_pedestrians_of_a_street(make: Callable[..., Detector]) -> Non
 
 
 def test_silhouettes_are_person_shaped_masks_inside_the_boxes(make: Callable[..., Detector]) -> None:
-    detector = make("detector.silhouettes=true")
+    detector = make("detector.yolox.silhouettes=true")
     assert detector.has_masks
     image = photo("city.jpg")
     det = detector.detect(image)
@@ -95,7 +95,7 @@ def test_silhouettes_need_the_segmenter_file(
     monkeypatch.setenv("EDGEGUARD_MODELS_DIR", str(partial))
     monkeypatch.delenv("EDGEGUARD_CONFIG", raising=False)
     code, _, err = cli(capsys, "protect", media("city.jpg"), "-o", tmp_path / "x.jpg",
-                       "--set", "detector.model=yolox_nano", "--set", "detector.silhouettes=true")  # fmt: skip
+                       "--set", "detector.model=yolox_nano", "--set", "detector.yolox.silhouettes=true")  # fmt: skip
     assert code == 3
     (line,) = error_lines(err)
     assert "selfie_segmentation.tflite not found" in line and "edgeguard models fetch yolox_nano" in line

@@ -1,0 +1,161 @@
+"""The worker thread: takes one task at a time from the main loop and reports back in events.
+
+It owns the model (through the engine), the files and the ledger; it writes no
+state another thread reads. The main loop talks to it through `tasks` (what to
+do next), `cancel` and `timed_out` (stop the current file, and why).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from edgeguard.config import Config
+from edgeguard.daemon import events as E
+from edgeguard.daemon import ledger as L
+from edgeguard.daemon.claim import Refused
+from edgeguard.daemon.folders import Folders
+from edgeguard.daemon.jobs import Jobs, Withdrawn
+from edgeguard.engine import Engine
+from edgeguard.errors import Cancelled, FileError
+from edgeguard.publish import Sink
+
+log = logging.getLogger(__name__)
+
+SAVE_PROGRESS = 2.0  # seconds between progress writes to the ledger (what `edgeguard status` shows)
+POST_PROGRESS = 0.2  # seconds between progress events to the main loop
+
+
+@dataclass(frozen=True)
+class Setup:
+    cfg: Config
+    folders: Folders
+    engine: Engine
+    sink: Sink
+
+
+QUEUED = Path()  # the task "take the next queued job" (a claimed file that waits in work)
+
+
+class Worker(threading.Thread):
+    """Claims and processes one file at a time, handed over by the main loop."""
+
+    def __init__(self, setup: Setup, events: queue.SimpleQueue[E.Event]) -> None:
+        super().__init__(name="edgeguard-worker", daemon=True)
+        self.setup = setup
+        self.events = events
+        self.tasks: queue.Queue[Path | Setup | None] = queue.Queue(maxsize=1)
+        self.cancel = threading.Event()
+        self.timed_out = threading.Event()
+        self.ledger_path = setup.folders.ledger
+
+    def run(self) -> None:
+        try:
+            self.ledger = L.Ledger(self.ledger_path)
+            self.jobs = self._jobs(self.setup)
+            self.jobs.recover()
+        except BaseException as exc:  # noqa: BLE001 - reported to the main thread, which exits
+            self.events.put(E.StartFailed(exc))
+            return
+        self.events.put(E.Ready(len(self.jobs.queued())))
+        while True:
+            task = self.tasks.get()
+            if task is None:
+                break
+            if isinstance(task, Setup):
+                self.jobs.close()
+                self.setup, self.jobs = task, self._jobs(task)
+                continue
+            self._task(task)
+        self.jobs.close()
+        self.ledger.close()
+
+    def _jobs(self, setup: Setup) -> Jobs:
+        return Jobs(setup.cfg, setup.folders, self.ledger, setup.engine, setup.sink)
+
+    def _task(self, path: Path) -> None:
+        name: str | None = path.name or None
+        outcome, pause = "error", 0.0
+        try:
+            name, outcome, pause = self._one(path)
+        except (sqlite3.Error, OSError) as exc:  # the ledger's or the folders' disk, not the file
+            what = "the ledger" if isinstance(exc, sqlite3.Error) else "the folders"
+            pause = self.setup.cfg.daemon.pause_seconds
+            log.error("cannot write %s now (%s); retrying in %.0f s", what, exc, pause)
+        except Exception as exc:  # a bug must not end the thread: the daemon would hang, busy forever
+            pause = self.setup.cfg.daemon.pause_seconds
+            log.error("unexpected error (%s: %s); the job stays queued and is retried", type(exc).__name__, exc)
+            log.debug("traceback of the unexpected error", exc_info=True)
+        finally:
+            self.events.put(E.Finished(name, outcome, len(self.jobs.queued()), pause))
+
+    def _one(self, path: Path) -> tuple[str | None, str, float]:
+        """Run one task; returns the file's name, the outcome and a pause before the next."""
+        self.cancel.clear()
+        self.timed_out.clear()
+        queued = self.jobs.queued()
+        if queued:
+            job_id = queued[0]
+        elif path == QUEUED:
+            return None, "idle", 0.0
+        else:
+            try:
+                job_id = self.jobs.claim(path.name)
+            except Refused as exc:
+                self.events.put(E.Verdict(path.name, exc.reason, exc.retry))
+                return path.name, "refused", 0.0
+        job = self.ledger.get(job_id)
+        assert job is not None
+        self.events.put(E.Started(job.name, job_id))
+        pause = self.setup.cfg.daemon.pause_seconds
+        try:
+            return job.name, self.jobs.run(job_id, self.cancel, self._progress(job.name, job_id)), 0.0
+        except Withdrawn as exc:
+            self.events.put(E.Verdict(exc.name, None, retry=exc.until is None, until=exc.until))
+            return job.name, "withdrawn", 0.0
+        except Cancelled:
+            if self.timed_out.is_set():
+                limit = self.setup.cfg.daemon.file_timeout
+                return job.name, self.jobs.fail(job_id, f"time limit of {limit:g} s exceeded", "timeout"), 0.0
+            log.info("%s: rolled back; it stays in the work folder and is taken first next time", job.name)
+            return job.name, "rolled back", 0.0
+        except FileError as exc:  # transient: disk full and the like
+            log.warning("%s: %s; kept for a retry in %.0f s", job.name, exc.reason, pause)
+            return job.name, "retry", pause
+        except OSError as exc:
+            # The folders themselves misbehave (e.g. disk full while moving); nothing is lost,
+            # the job goes back to the queue (the attempt counts, as a crash's would).
+            self._requeue(job_id)
+            log.error("%s: %s; will retry", job.name, exc)
+            return job.name, "retry", pause
+        except Exception:
+            self._requeue(job_id)
+            raise
+
+    def _progress(self, name: str, job_id: int) -> Callable[[float], None]:
+        """The progress callback for one job: called on this thread (the engine reports from its caller)."""
+        saved = posted = 0.0
+
+        def progress(fraction: float) -> None:
+            nonlocal saved, posted
+            now = time.monotonic()
+            if now - posted >= POST_PROGRESS or fraction >= 1.0:
+                posted = now
+                self.events.put(E.Progress(name, fraction))
+            if now - saved >= SAVE_PROGRESS:
+                saved = now
+                self.ledger.update(job_id, progress=round(fraction, 4))
+
+        return progress
+
+    def _requeue(self, job_id: int) -> None:
+        """Put a job an error interrupted mid-attempt back in the queue (else it waits for a restart)."""
+        job = self.ledger.get(job_id)
+        if job is not None and job.state == L.PROCESSING:
+            self.ledger.update(job_id, state=L.QUEUED)

@@ -1,0 +1,70 @@
+"""The worker thread with a real model and real folders: everything it says, it says in events."""
+
+from __future__ import annotations
+
+import os
+import queue
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from edgeguard.config import Config
+from edgeguard.daemon import events as E
+from edgeguard.daemon.folders import prepare
+from edgeguard.daemon.service import sink_for
+from edgeguard.daemon.worker import Setup, Worker
+from edgeguard.engine import Engine
+from tests.conftest import media
+
+FOLDERS = ("incoming", "output", "quarantine", "failed", "processed", "work", "state")
+
+
+@pytest.fixture
+def worker(tmp_path: Path, yolox_env: Path) -> Iterator[tuple[Worker, queue.SimpleQueue[E.Event]]]:
+    paths = {k: str(tmp_path / k) for k in FOLDERS}
+    cfg = Config.model_validate({"detector": {"model": "yolox_nano"}, "paths": paths})
+    folders = prepare(cfg.paths)
+    events: queue.SimpleQueue[E.Event] = queue.SimpleQueue()
+    w = Worker(Setup(cfg, folders, Engine(cfg), sink_for(cfg, folders)), events)
+    w.start()
+    yield w, events
+    w.tasks.put(None)
+    w.join(timeout=30)
+    assert not w.is_alive()
+
+
+def until_finished(events: queue.SimpleQueue[E.Event]) -> list[E.Event]:
+    seen: list[E.Event] = []
+    while not seen or not isinstance(seen[-1], E.Finished):
+        seen.append(events.get(timeout=120))
+    return seen
+
+
+def test_a_file_is_started_progressed_and_finished_in_events(
+    worker: tuple[Worker, queue.SimpleQueue[E.Event]],
+) -> None:
+    w, events = worker
+    assert events.get(timeout=60) == E.Ready(queued=0)
+    incoming = w.setup.folders.incoming
+    shutil.copyfile(media("vtest.avi"), incoming / "walk.avi")
+    w.tasks.put(incoming / "walk.avi")
+    seen = until_finished(events)
+    assert isinstance(seen[0], E.Started) and seen[0].name == "walk.avi"
+    fractions = [e.fraction for e in seen if isinstance(e, E.Progress)]
+    assert fractions and fractions == sorted(fractions) and fractions[-1] == 1.0
+    assert seen[-1] == E.Finished("walk.avi", "done", queued=0)
+    assert os.listdir(w.setup.folders.output) == ["walk.mp4"]
+
+
+def test_a_file_that_may_not_be_taken_gives_a_verdict_not_a_job(
+    worker: tuple[Worker, queue.SimpleQueue[E.Event]],
+) -> None:
+    w, events = worker
+    assert isinstance(events.get(timeout=60), E.Ready)
+    os.mkfifo(w.setup.folders.incoming / "pipe.mp4")
+    w.tasks.put(w.setup.folders.incoming / "pipe.mp4")
+    verdict, finished = until_finished(events)
+    assert isinstance(verdict, E.Verdict) and verdict.name == "pipe.mp4" and not verdict.retry
+    assert finished == E.Finished("pipe.mp4", "refused", queued=0)
