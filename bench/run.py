@@ -37,13 +37,13 @@ from bench.judge_errors import set_aside
 from bench.judges import Judged, Judges, judge_frames
 from bench.paths import CANDIDATES, CLIPS, IMAGES, REPO, SHARED
 from bench.privacy import Privacy, measure, save_misses
+from edgeguard import styles
 from edgeguard.config import Config, load_config
 from edgeguard.detections import Detections
 from edgeguard.detectors.base import Detector
 from edgeguard.detectors.factory import create_detector
 from edgeguard.engine import Engine
 from edgeguard.frames import Mask
-from edgeguard import styles
 from edgeguard.masks import rasterize
 from edgeguard.media import image as image_io
 from edgeguard.media import video as video_io

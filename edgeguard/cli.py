@@ -233,6 +233,8 @@ def _cmd_models(args: argparse.Namespace) -> int:
                 state = f"not provisioned: run `edgeguard models fetch {name}`"
             except ModelChecksumError:
                 state = f"damaged (checksum mismatch): run `edgeguard models fetch {name}`"
+            except EdgeguardError as exc:
+                state = f"not usable: {exc}"
             mark = "*" if name == cfg.detector.model else " "
             print(f"{mark} {name:32} {m.backend:9} {state}")
             if m.description:

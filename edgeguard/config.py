@@ -50,7 +50,8 @@ class DetectorConfig(DetectorSettings):
         options: dict[str, PluginOptions] = {}
         for key, model in sections.items():
             try:
-                options[key] = model.model_validate(data.get(key) or {})
+                section = data.get(key)
+                options[key] = model.model_validate({} if section is None else section)
             except ValidationError as exc:
                 errors += _nested(exc, (key,))
         for key in data.keys() - cls.model_fields.keys() - sections.keys():

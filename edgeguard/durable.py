@@ -6,8 +6,11 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import uuid
 from collections.abc import Callable
 from pathlib import Path
+
+COPYING_MARK = ".copying"  # a copy on its way into another filesystem's folder
 
 
 def fsync_file(path: Path) -> None:
@@ -80,7 +83,8 @@ def move_noclobber(src: Path, folder: Path, name: str, before: Callable[[Path], 
 
 def _copy_in(src: Path, dst: Path) -> bool:
     """Copy `src` to `dst` on another filesystem, flushed first; False if `dst` was taken meanwhile."""
-    tmp = dst.with_name(f".{dst.name}.copying")
+    # Unique: a leftover of a crash (still linked to an output) is never written through again.
+    tmp = dst.with_name(f".{dst.name}.{uuid.uuid4().hex[:8]}{COPYING_MARK}")
     shutil.copyfile(src, tmp, follow_symlinks=False)
     fsync_file(tmp)
     try:

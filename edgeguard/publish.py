@@ -16,7 +16,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from pathlib import Path
 
-from edgeguard.durable import fsync_dir, move_noclobber
+from edgeguard.durable import COPYING_MARK, fsync_dir, move_noclobber
 from edgeguard.media import media_kind
 
 log = logging.getLogger(__name__)
@@ -71,6 +71,9 @@ class Sink(ABC):
     def describe(self) -> str:
         """Where outputs go, for log lines."""
 
+    def recover(self) -> None:  # noqa: B027 - optional: a sink may have nothing to clean up
+        """Clean up what a crash mid-publish left behind (called once, before any job runs)."""
+
 
 class LocalFolder(Sink):
     """A folder on this machine; outputs appear in it atomically, by hard link."""
@@ -89,7 +92,7 @@ class LocalFolder(Sink):
         # access(), not a probe file: a kill between creating and removing one would leave it
         # among the outputs. access() also reports a read-only mount.
         if not os.access(self.folder, os.W_OK | os.X_OK):
-            return f"{self.folder} is not writable by the daemon"
+            return f"output folder {self.folder} is not writable by the daemon"
         return None
 
     def publish(self, staged: Path, name: str, before: Callable[[str], None]) -> str:
@@ -100,3 +103,11 @@ class LocalFolder(Sink):
 
     def describe(self) -> str:
         return str(self.folder)
+
+    def recover(self) -> None:
+        # A crash during a cross-filesystem publish can leave the hidden copy (perhaps also
+        # linked as the output it became); it is only ever a temporary.
+        for entry in os.scandir(self.folder):
+            if entry.name.startswith(".") and entry.name.endswith(COPYING_MARK):
+                log.info("removing %s, a copy a crash interrupted", entry.name)
+                Path(entry.path).unlink(missing_ok=True)

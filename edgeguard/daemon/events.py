@@ -1,9 +1,9 @@
 """What the worker tells the main loop: one queue, these events, in the order they happened.
 
 The worker thread owns the model, the files and the ledger; the main loop owns
-the clock, the arrivals and the notify socket. Nothing else crosses between
-them: the worker posts these, and the main loop hands each to its handlers
-(its own bookkeeping first; a metric is one more handler).
+the clock, the arrivals and the notify socket. The worker posts these, and the
+main loop hands each to its handlers (its own bookkeeping first; a metric is
+one more handler); the other way go only tasks and two stop flags (see worker).
 """
 
 from __future__ import annotations

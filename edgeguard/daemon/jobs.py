@@ -314,6 +314,7 @@ class Jobs:
     def recover(self) -> None:
         """Finish or undo what a crash left half done; reconcile ledger and folders."""
         self._finish_releases()  # first: a job's release below must not find its holding name taken
+        self.sink.recover()
         for job in self.ledger.in_states(*L.ACTIVE):
             work = Path(job.work_path)
             if job.state == L.CLAIMING:

@@ -79,10 +79,9 @@ class Job:
 class Ledger:
     """Thin typed access to the jobs table.
 
-    The writer's connection belongs to the daemon's worker, but the engine reports
-    progress from its own pipeline threads while the worker waits for it, so the
-    connection may be used from another thread (never two at once; SQLite's own
-    serialized mode guards it anyway, and every statement commits on its own).
+    The writer's connection belongs to the thread that opened it (the daemon's
+    worker: the engine reports progress on its caller's thread), and SQLite
+    refuses it to any other; every statement commits on its own.
     """
 
     def __init__(self, path: Path, *, readonly: bool = False) -> None:
@@ -99,7 +98,7 @@ class Ledger:
     @staticmethod
     def _open_for_writing(path: Path) -> sqlite3.Connection:
         path.parent.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+        db = sqlite3.connect(path, timeout=30, isolation_level=None)
         try:
             db.execute("PRAGMA journal_mode=WAL")
             # FULL: a committed step survives power loss, which the crash promises need.

@@ -8,6 +8,7 @@ set events; the main loop acts on them.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import queue
@@ -36,6 +37,7 @@ TICK = 0.25  # main-loop period, seconds
 # that time is not the file's, and is not counted against its time limit.
 STALL = 5.0
 LEDGER_CHECK = 5.0  # seconds between checks that the ledger is still the file the daemon opened
+STATUS_EVERY = 1.0  # seconds between progress statuses of one file
 
 
 def sink_for(cfg: Config, folders: Folders) -> Sink:
@@ -133,7 +135,7 @@ class Service:
 
     def _loop(self, setup: Setup, worker: Worker, arrivals: Arrivals) -> Setup:
         interval = self.notifier.watchdog_interval()
-        last_ping = 0.0
+        last_ping = status_at = 0.0
         paused_until = 0.0
         last_tick = next_ledger_check = time.monotonic()
         current = self.current
@@ -148,6 +150,11 @@ class Service:
                 current.started_at += now - last_tick
                 current.last_progress = now
             last_tick = now
+            if not worker.is_alive():
+                # A bug killed it (it ends every task with an event otherwise): nothing would run again.
+                log.error("the worker thread stopped unexpectedly; exiting (the next start recovers)")
+                self.exit_code = ExitCode.INTERNAL
+                break
             if now >= next_ledger_check:
                 next_ledger_check = now + LEDGER_CHECK
                 # The worker's ledger: a reload does not reopen it, even if paths.state changed.
@@ -174,9 +181,13 @@ class Service:
                 paused_until = 0.0  # look at the disk again now, with the new config's limits
             if current.busy:
                 self._watch_time_limit(setup, worker, now)
-                self.set_status(
-                    f"processing {current.name or '...'} {current.fraction:.0%} (queue {arrivals.pending()})"
-                )
+                # At most one progress status a second: each is a datagram to the manager, which
+                # may be slow to read (a full queue costs a send timeout each).
+                if now - status_at >= STATUS_EVERY or not self._status.startswith(f"processing {current.name} "):
+                    status_at = now
+                    self.set_status(
+                        f"processing {current.name or '...'} {current.fraction:.0%} (queue {arrivals.pending()})"
+                    )
             elif now >= max(paused_until, current.resume_at) and not self.hup.is_set():
                 paused_until = self._hand_over(setup, worker, arrivals, now)
             # Signals are seen within a tick; an event (a finished file) wakes the loop at once.
@@ -248,7 +259,7 @@ class Service:
         self.notifier.stopping()
         grace = setup.cfg.daemon.stop_grace
         current = self.current
-        if current.busy:
+        if current.busy and worker.is_alive():
             log.info("stopping: letting %s finish for up to %g s", current.name, grace)
             deadline = time.monotonic() + grace
             while current.busy and time.monotonic() < deadline:
@@ -256,7 +267,8 @@ class Service:
             if current.busy:
                 log.info("stopping: rolling back %s", current.name)
                 worker.cancel.set()
-        worker.tasks.put(None)
+        with contextlib.suppress(queue.Full):  # a worker hung before taking its task: see below
+            worker.tasks.put(None, timeout=10)
         worker.join(timeout=10)
         if worker.is_alive():
             # A hung native call; the ledger shows the job as in progress and the next start retries it.

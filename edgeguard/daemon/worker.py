@@ -1,8 +1,9 @@
 """The worker thread: takes one task at a time from the main loop and reports back in events.
 
-It owns the model (through the engine), the files and the ledger; it writes no
-state another thread reads. The main loop talks to it through `tasks` (what to
-do next), `cancel` and `timed_out` (stop the current file, and why).
+It owns the model (through the engine), the files and the ledger. The main loop
+talks to it only through `tasks` (what to do next) and the events `cancel` and
+`timed_out` (stop the current file, and why); it answers only in events, and
+always ends a task with `Finished`, whatever went wrong.
 """
 
 from __future__ import annotations
@@ -63,18 +64,28 @@ class Worker(threading.Thread):
         except BaseException as exc:  # noqa: BLE001 - reported to the main thread, which exits
             self.events.put(E.StartFailed(exc))
             return
-        self.events.put(E.Ready(len(self.jobs.queued())))
+        self.queued = len(self.jobs.queued())
+        self.events.put(E.Ready(self.queued))
         while True:
             task = self.tasks.get()
             if task is None:
                 break
             if isinstance(task, Setup):
-                self.jobs.close()
-                self.setup, self.jobs = task, self._jobs(task)
-                continue
-            self._task(task)
+                self._swap(task)
+            else:
+                self._task(task)
         self.jobs.close()
         self.ledger.close()
+
+    def _swap(self, setup: Setup) -> None:
+        """Use a reloaded setup; on failure keep the running one (the reload is logged as refused)."""
+        try:
+            jobs = self._jobs(setup)
+        except OSError as exc:  # the new incoming folder cannot be opened
+            log.error("reload refused, keeping the running config: cannot open %s: %s", setup.folders.incoming, exc)
+            return
+        self.jobs.close()
+        self.setup, self.jobs = setup, jobs
 
     def _jobs(self, setup: Setup) -> Jobs:
         return Jobs(setup.cfg, setup.folders, self.ledger, setup.engine, setup.sink)
@@ -93,7 +104,12 @@ class Worker(threading.Thread):
             log.error("unexpected error (%s: %s); the job stays queued and is retried", type(exc).__name__, exc)
             log.debug("traceback of the unexpected error", exc_info=True)
         finally:
-            self.events.put(E.Finished(name, outcome, len(self.jobs.queued()), pause))
+            try:
+                self.queued = len(self.jobs.queued())
+            except sqlite3.Error as exc:  # the ledger's disk again: keep the last count, and run on
+                log.error("cannot read the ledger now (%s)", exc)
+                pause = pause or self.setup.cfg.daemon.pause_seconds
+            self.events.put(E.Finished(name, outcome, self.queued, pause))
 
     def _one(self, path: Path) -> tuple[str | None, str, float]:
         """Run one task; returns the file's name, the outcome and a pause before the next."""

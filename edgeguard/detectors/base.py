@@ -81,7 +81,7 @@ class Detector(ABC, Generic[OptionsT]):
     #: `temporal.keyframe_mirror: auto` looks at mirrored keyframes too (for small models whose
     #: detections flicker from frame to frame; cheap for them)
     mirror_keyframes: bool = False
-    #: the settings the factory built it from (see `detectors.reusable`)
+    #: the settings the factory built it from (see `factory.reusable`)
     built_from: tuple[object, ...] = ()
 
     def __init__(self, spec: DetectorSpec, options: OptionsT) -> None:

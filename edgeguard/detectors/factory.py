@@ -79,13 +79,15 @@ def check(cfg: Config) -> list[str]:
     manifest = models.find_manifest(cfg.detector.model, manifest_dirs(cfg))
     plugin(manifest.backend)
     explicit = cfg.detector.files.labels
+    if explicit is not None and not explicit.is_file():
+        raise ConfigError([f"detector.files.labels: {explicit} is not a file"])
     if explicit is not None:
         labels: Path | None = explicit
     elif manifest.labels is not None:
         labels = models.file_path(manifest, manifest.labels, cfg.models_dir())
     else:
         labels = None
-    has_faces = "faces" in manifest.files or cfg.detector.files.model_dump().get("faces") is not None
+    has_faces = "faces" in manifest.files
     if labels is None or not labels.is_file():
         check_classes([c for c in cfg.detector.classes if c == FACE], [], manifest.name, has_faces=has_faces)
         return [

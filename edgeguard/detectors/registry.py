@@ -59,14 +59,17 @@ def _load() -> None:
     global _loaded  # noqa: PLW0603 - import-once state of this registry
     if _loaded:
         return
-    _loaded = True
     for module in BUILTIN:
-        importlib.import_module(module)
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:  # its library is missing here: only configs that name it suffer
+            log.error("detector plugin %s cannot be loaded: %s", module, exc)
     for entry in metadata.entry_points(group=ENTRY_POINTS):
         try:
             entry.load()
         except Exception as exc:  # noqa: BLE001 - a third-party plugin must not stop edgeguard
             log.error("detector plugin %s (%s) cannot be loaded: %s", entry.name, entry.value, exc)
+    _loaded = True
 
 
 def plugins() -> dict[str, Plugin]:

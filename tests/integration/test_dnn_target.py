@@ -90,7 +90,7 @@ import json, sys
 import cv2
 from edgeguard import dnn_target
 from edgeguard.config import load_config
-from edgeguard.detectors import create_detector
+from edgeguard.detectors.factory import create_detector
 
 image = cv2.imread(sys.argv[1])
 out = {"probe": {}, "runs": {}}
@@ -106,18 +106,28 @@ print("RESULT " + json.dumps(out))
 """
 
 
-def have_opencl_platform() -> bool:
+def opencl_missing() -> str | None:
+    """Why no OpenCL device can be used here (a skip reason naming what to install), or None."""
     clinfo = shutil.which("clinfo")
     if clinfo is None:
-        return False
+        return (
+            "NO OPENCL DEVICE CHECK: clinfo is not installed; install pocl-opencl-icd and clinfo (apt, or `make deps`)"
+            " to test the opencl target"
+        )
     listing = subprocess.run([clinfo, "-l"], capture_output=True, text=True, check=False).stdout
-    return "Platform" in listing
+    if "Platform" not in listing:
+        return (
+            "NO OPENCL DEVICE: `clinfo -l` lists no platform; install pocl-opencl-icd (apt, or `make deps`)"
+            " to test the opencl target"
+        )
+    return None
 
 
 @pytest.fixture(scope="module")
 def opencl_platform() -> None:
-    if not have_opencl_platform():
-        pytest.skip("NO OPENCL PLATFORM (`clinfo -l` lists none): install pocl-opencl-icd to test the opencl target")
+    reason = opencl_missing()
+    if reason is not None:
+        pytest.skip(reason)
 
 
 def run_probe(env_extra: dict[str, str], mode: str, models_dir: Path | None) -> dict[str, object]:

@@ -66,7 +66,7 @@ def wait_until(
             text = what() if callable(what) else what
             more = f"\n{detail()}" if detail is not None else ""
             pytest.fail(f"timed out after {timeout:g} s waiting for {text}{more}")
-        time.sleep(interval)
+        time.sleep(interval)  # the polling period only
 
 
 def names(folder: Path) -> list[str]:
@@ -323,7 +323,7 @@ class Daemon:
     def _read(self) -> None:
         while not self._stop.is_set():
             if self._deaf.is_set():
-                time.sleep(0.05)
+                time.sleep(0.05)  # idles the reader thread while deaf; nothing waits on its length
                 continue
             try:
                 data = self.sock.recv(65536)

@@ -3,8 +3,10 @@
 Each trial drops a few files (small images and short clips, all with distinct
 content), starts the daemon, kills it after a seeded random delay that lands
 anywhere in claim, processing, publishing or disposing, and starts the next
-trial. A final clean run drains everything. Then every input must be in exactly
-one final place, and the ledger must agree with the folders.
+trial. Every fourth trial kills it instead the moment the ledger shows a file
+being processed, so kills hit a file mid-way however fast the machine is. A
+final clean run drains everything. Then every input must be in exactly one
+final place, and the ledger must agree with the folders.
 
 EDGEGUARD_CRASH_SEED and EDGEGUARD_CRASH_TRIALS change the seed and the number of trials.
 """
@@ -23,19 +25,21 @@ from pathlib import Path
 import cv2
 import pytest
 
+from edgeguard import durable
 from edgeguard.config import Config
-from edgeguard.daemon import folders as folders_mod
 from edgeguard.daemon.folders import prepare
 from edgeguard.daemon.jobs import Jobs
 from edgeguard.daemon.ledger import Ledger
+from edgeguard.daemon.service import sink_for
 from edgeguard.engine import Engine
 from tests.conftest import media
-from tests.e2e.daemon.conftest import Clips, Daemon, frame_count, names, sha256, tagged_jpeg
+from tests.e2e.daemon.conftest import Clips, Daemon, frame_count, names, sha256, tagged_jpeg, wait_until
 
 SEED = int(os.environ.get("EDGEGUARD_CRASH_SEED", "20261124"))
 TRIALS = int(os.environ.get("EDGEGUARD_CRASH_TRIALS", "24"))
 IMAGES = ("city.jpg", "000000038829.jpg", "000000465822.jpg")
 MAX_DELAY = 2.5  # seconds between READY=1 and SIGKILL
+MID_FILE_EVERY = 4  # every 4th trial kills once the ledger shows a file being processed
 
 
 @dataclass(frozen=True)
@@ -57,8 +61,9 @@ class Inputs:
         self._windows = [(start, count) for start in range(0, 50, 5) for count in (6, 8, 10)]
         rng.shuffle(self._windows)
 
-    def make(self, trial: int, index: int) -> Path:
-        if self._windows and self.rng.random() < 0.35:
+    def make(self, trial: int, index: int, clip: bool = False) -> Path:
+        """A new input; `clip` asks for a video (while windows are left), else the seed chooses."""
+        if self._windows and (self.rng.random() < 0.35 or clip):
             start, count = self._windows.pop()
             name = f"t{trial:02d}-{index}.mp4"
             path = self.stage / name
@@ -78,6 +83,7 @@ def drop(d: Daemon, path: Path) -> None:
     os.rename(path, d.incoming / path.name)
 
 
+@pytest.mark.slow  # ~50 s: 24 restarts of the daemon
 def test_sigkill_at_random_moments_loses_nothing(daemon: Daemon, clips: Clips, tmp_path: Path) -> None:
     d = daemon
     rng = random.Random(SEED)
@@ -94,20 +100,32 @@ def test_sigkill_at_random_moments_loses_nothing(daemon: Daemon, clips: Clips, t
         for count in (6, 8, 10):
             clips.clip(start, count)
 
+    def processing() -> bool:
+        d.assert_alive()
+        return any(j["state"] == "processing" for j in d.jobs())
+
     killed_while: list[str] = []
     for trial in range(TRIALS):
+        mid_file = trial % MID_FILE_EVERY == MID_FILE_EVERY - 1
         for i in range(rng.randint(1, 3)):
-            drop(d, inputs.make(trial, i))
+            # A mid-file trial has a clip among its files: a file long enough to be seen mid-way.
+            drop(d, inputs.make(trial, i, clip=mid_file and i == 0))
         late = inputs.make(trial, 9) if rng.random() < 0.5 else None
         delay = rng.uniform(0.0, MAX_DELAY)
         d.start()
-        if late is not None:
+        if mid_file:
+            if late is not None:
+                drop(d, late)
+            wait_until(processing, 60, f"a file being processed (trial {trial})", 0.01, d.log_tail)
+        elif late is not None:
+            # The sleeps are the random moments themselves, not waits for an outcome: whatever
+            # moment the kill lands on, the checks below and at the end must hold.
             first = rng.uniform(0.0, delay)
             time.sleep(first)
             drop(d, late)
             time.sleep(delay - first)
         else:
-            time.sleep(delay)
+            time.sleep(delay)  # a random moment (see above)
         d.kill()
         states = {j["state"] for j in d.jobs()}
         killed_while.append(",".join(sorted(states - {"done", "failed", "duplicate"})) or "-")
@@ -184,7 +202,7 @@ def _jobs(root: Path, engine: Engine, **daemon: object) -> Jobs:
     paths = {k: str(root / k) for k in ("incoming", "output", "quarantine", "failed", "processed", "work", "state")}
     cfg = Config.model_validate({"detector": {"model": "yolox_nano"}, "paths": paths, "daemon": daemon})
     folders = prepare(cfg.paths)
-    return Jobs(cfg, folders, Ledger(folders.ledger), Engine(cfg, engine.detector))
+    return Jobs(cfg, folders, Ledger(folders.ledger), Engine(cfg, engine.detector), sink_for(cfg, folders))
 
 
 def _drain(jobs: Jobs) -> None:
@@ -225,7 +243,7 @@ def test_a_move_cut_short_is_finished_once_by_recovery(
         jobs.ledger.update(job_id, attempts=2)  # a poison file: it goes straight to failed
 
     calls = [0]
-    real_fsync_dir = folders_mod.fsync_dir
+    real_fsync_dir = durable.fsync_dir
 
     def crashing_fsync_dir(path: Path) -> None:
         real_fsync_dir(path)
@@ -233,10 +251,10 @@ def test_a_move_cut_short_is_finished_once_by_recovery(
         if calls[0] == CRASH_POINTS[step, point]:
             raise Crash
 
-    monkeypatch.setattr(folders_mod, "fsync_dir", crashing_fsync_dir)
+    monkeypatch.setattr(durable, "fsync_dir", crashing_fsync_dir)
     with pytest.raises(Crash):
         jobs.run(job_id, threading.Event(), lambda _f: None)
-    monkeypatch.setattr(folders_mod, "fsync_dir", real_fsync_dir)
+    monkeypatch.setattr(durable, "fsync_dir", real_fsync_dir)
     jobs.ledger.close()
 
     # The next start: recover, then take whatever is queued.
@@ -313,17 +331,17 @@ def test_a_job_given_back_under_another_name_is_found_after_a_crash(
     with (tmp_path / "aside.jpg").open("ab") as w:
         w.write(b"late bytes")
 
-    real_fsync_dir = folders_mod.fsync_dir
+    real_fsync_dir = durable.fsync_dir
 
     def crash_after_the_move(path: Path) -> None:
         real_fsync_dir(path)
         if path == f.work:  # move_noclobber's last fsync: the work name is gone
             raise Crash
 
-    monkeypatch.setattr(folders_mod, "fsync_dir", crash_after_the_move)
+    monkeypatch.setattr(durable, "fsync_dir", crash_after_the_move)
     with pytest.raises(Crash):
         jobs.run(job_id, threading.Event(), lambda _f: None)
-    monkeypatch.setattr(folders_mod, "fsync_dir", real_fsync_dir)
+    monkeypatch.setattr(durable, "fsync_dir", real_fsync_dir)
     jobs.ledger.close()
 
     assert (f.incoming / "a.jpg").read_bytes() == b"another upload"

@@ -20,9 +20,10 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
+from functools import partial
 from pathlib import Path
 from types import TracebackType
 
@@ -95,6 +96,8 @@ class Watch:
     def _run(self) -> None:
         while not self._stop.is_set():
             self.poll()
+            # Only the polling period: outputs are published whole and never taken back, so each
+            # one is still there at the next poll and no verdict depends on this length.
             time.sleep(0.05)
 
     def poll(self) -> None:
@@ -126,17 +129,20 @@ class Watch:
         with self._lock:
             return sorted(self._failed)
 
-    def short(self, full: int) -> dict[tuple[str, int], int]:
-        """Every output seen so far that did not decode to `full` frames."""
+    def short(self, full: int, others: Sequence[str] = ()) -> dict[tuple[str, int], int]:
+        """Every output seen so far (but `others`) that did not decode to `full` frames."""
         with self._lock:
-            return {k: v for k, v in self._frames.items() if v != full}
+            return {k: v for k, v in self._frames.items() if v != full and k[0] not in others}
 
 
-def assert_processed_once(d: Daemon, src: Path, name: str, watch: Watch, timeout: float = 90.0) -> None:
+def assert_processed_once(
+    d: Daemon, src: Path, name: str, watch: Watch, timeout: float = 90.0, others: Sequence[str] = ()
+) -> None:
     """`src`, arrived as `name`, was published exactly once and whole; nothing failed, no byte lost.
 
     Run with `daemon.originals: keep`, so the original the daemon took can be
-    compared with what the writer meant to write.
+    compared with what the writer meant to write. `others` are files the test
+    dropped besides (each done, its output left out of the checks).
     """
     full, digest = frame_count(src), sha256(src)
 
@@ -144,17 +150,19 @@ def assert_processed_once(d: Daemon, src: Path, name: str, watch: Watch, timeout
         d.assert_alive()
         if watch.failed():
             pytest.fail(f"landed in failed/: {watch.failed()}\n{d.log_tail()}")
-        if watch.short(full):
-            pytest.fail(f"published short: {watch.short(full)} (the file has {full} frames)\n{d.log_tail()}")
+        if watch.short(full, others):
+            pytest.fail(f"published short: {watch.short(full, others)} (the file has {full} frames)\n{d.log_tail()}")
         return any(j["state"] == "done" and j["sha256"] == digest for j in d.jobs())
 
     wait_until(finished, timeout, f"{name} done with the whole file's sha256", 0.1, d.log_tail)
     d.wait_idle(timeout=30)
     watch.stop()
-    assert watch.short(full) == {}, f"an output with fewer than {full} frames appeared"
-    assert names(d.output) == [name]
+    assert watch.short(full, others) == {}, f"an output with fewer than {full} frames appeared"
+    assert names(d.output) == sorted([name, *others])
     assert frame_count(d.output / name) == full
     jobs = d.jobs()
+    assert sorted(j["name"] for j in jobs if j["name"] in others and j["state"] == "done") == sorted(others), jobs
+    jobs = [j for j in jobs if j["name"] not in others]
     published = [j for j in jobs if j["state"] in ("done", "duplicate")]
     assert [(j["name"], j["sha256"]) for j in published] == [(name, digest)], jobs
     assert not [j for j in jobs if j["state"] == "failed"], jobs
@@ -164,16 +172,24 @@ def assert_processed_once(d: Daemon, src: Path, name: str, watch: Watch, timeout
 
 
 def quiet(d: Daemon, timeout: float = 60.0) -> None:
-    """No job in progress and nothing in work, twice in a row a settle time apart."""
+    """Nothing left for the daemon to take: no regular file in incoming (a claim given back, or a
+    file put back under another name, is one), nothing in work, no job in progress."""
 
     def calm() -> bool:
         d.assert_alive()
-        return not names(d.work) and not any(j["state"] in ACTIVE for j in d.jobs())
+        if names(d.work) or regular_files(d.incoming):
+            return False
+        return not any(j["state"] in ACTIVE for j in d.jobs())
 
-    for _ in range(2):
-        wait_until(calm, timeout, lambda: f"no job in progress (ledger {d.counts()})", 0.1, d.log_tail)
-        time.sleep(d.settings["watch"]["settle_seconds"] + 1.0)
-    wait_until(calm, timeout, lambda: f"no job in progress (ledger {d.counts()})", 0.1, d.log_tail)
+    def what() -> str:
+        return f"nothing left to take (incoming {regular_files(d.incoming)}, ledger {d.counts()})"
+
+    wait_until(calm, timeout, what, 0.1, d.log_tail)
+
+
+def done(d: Daemon, name: str) -> bool:
+    """Whether a job for `name` is done."""
+    return any(j["name"] == name and j["state"] == "done" for j in d.jobs())
 
 
 def two_video_streams(src: Path, dst: Path, count: int) -> Path:
@@ -231,7 +247,7 @@ def swap_loop(folder: Path, regulars: dict[str, Path], target: Path, stop: threa
         for name in regulars:
             if now >= switch_at[name]:
                 flip(name, now)
-        time.sleep(0.002)
+        time.sleep(0.002)  # the swapper's own pace (the switch times above are its schedule)
     for name in regulars:
         if not is_link[name]:
             flip(name, now)
@@ -270,6 +286,8 @@ def test_writer_holding_the_file_open_from_before_the_start(daemon: Daemon, clip
             opened.set()
             started.wait(START_TIMEOUT + 30)
             for chunk in chunks[1:]:
+                # Paces the writer (an upload that stalls longer than the settle time); whatever
+                # the length, the file must be taken once, whole: no outcome depends on it.
                 time.sleep(PAUSE)
                 f.write(chunk)
                 f.flush()
@@ -299,6 +317,8 @@ def test_writer_reopening_a_faststart_file_for_each_chunk(daemon: Daemon, clips:
     with Watch(d) as watch:
         for i, chunk in enumerate(pieces(src.read_bytes(), 4)):
             if i:
+                # Paces the writer: each pause lets the cut file settle (and be taken), and an append
+                # may land before or during that claim; either way it must end processed once, whole.
                 time.sleep(PAUSE)
             with (d.incoming / "reopened.mp4").open("ab") as f:
                 f.write(chunk)
@@ -317,7 +337,7 @@ def test_ftp_style_writer_in_small_chunks(daemon: Daemon, clips: Clips) -> None:
             for chunk in pieces(src.read_bytes(), -(-src.stat().st_size // (64 << 10))):
                 f.write(chunk)
                 f.flush()
-                time.sleep(0.2)
+                time.sleep(0.2)  # paces the writer (an FTP upload); no outcome depends on its length
         assert_processed_once(d, src, "ftp.mp4", watch)
     assert d.terminate(timeout=15) == 0
 
@@ -330,14 +350,19 @@ def test_part_upload_renamed_when_complete(daemon: Daemon, clips: Clips) -> None
     d.start()
     part = d.incoming / "upload.mp4.part"
     with Watch(d) as watch:
-        for chunk in pieces(src.read_bytes(), 3):
+        for i, chunk in enumerate(pieces(src.read_bytes(), 3)):
+            if i:
+                time.sleep(PAUSE)  # paces the writer: the .part rests longer than the settle time
             with part.open("ab") as f:
                 f.write(chunk)
-            time.sleep(PAUSE)
+        # A file arriving after the .part's last write settles after it, and files are taken
+        # oldest first: once this one is done, the daemon has had its chance to take the .part.
+        d.drop(media("city.jpg"), "after-part.jpg")
+        wait_until(partial(done, d, "after-part.jpg"), 60, "after-part.jpg done", 0.1, d.log_tail)
         assert part.exists(), "the .part upload was taken"
-        assert d.jobs() == []
+        assert [j["name"] for j in d.jobs()] == ["after-part.jpg"], "the .part upload was claimed"
         os.rename(part, d.incoming / "upload.mp4")
-        assert_processed_once(d, src, "upload.mp4", watch)
+        assert_processed_once(d, src, "upload.mp4", watch, others=["after-part.jpg"])
     assert d.terminate(timeout=15) == 0
 
 
@@ -414,9 +439,11 @@ def test_hard_link_truncated_outside_after_the_claim(
 
 
 RACE_FILES, RACE_ROUNDS = 20, 10  # 200 names, each swapped many times while the daemon takes them
-RACE_SECONDS = 2.5
+RACE_SECONDS = 2.5  # least time each round's swapper runs
+ZERO_SWAP_SECONDS = 6.0  # least time the /dev/zero swapper runs
 
 
+@pytest.mark.slow  # ~27 s: ten rounds of at least RACE_SECONDS each
 def test_symlink_swapped_in_while_claiming(daemon: Daemon, tmp_path: Path) -> None:
     """200 names, 20 at a time, each switched back and forth between a regular photo and a symlink to
     a 0600 secret (os.replace, so every look sees one or the other) while the daemon, settling in
@@ -450,7 +477,14 @@ def test_symlink_swapped_in_while_claiming(daemon: Daemon, tmp_path: Path) -> No
             target=swap_loop, args=(d.incoming, regulars, secret, stop, round_), name="symlink-swapper", daemon=True
         )
         swapper.start()
-        time.sleep(RACE_SECONDS)
+
+        def raced(batch: frozenset[str] = frozenset(regulars), began: float = time.monotonic()) -> bool:
+            # The daemon claimed at least one name of the round while it was being swapped. The
+            # minimum length only sets how many swaps its looks meet, not what they may find.
+            claimed = any(j["name"] in batch for j in d.jobs())
+            return claimed and time.monotonic() - began >= RACE_SECONDS
+
+        wait_until(raced, 60, f"a claim in round {round_}", 0.05, d.log_tail)
         stop.set()
         swapper.join(timeout=10)
         # Take every name of the round away (and any the daemon put back under another name).
@@ -493,7 +527,16 @@ def test_symlink_to_dev_zero_is_never_followed(daemon: Daemon, clips: Clips, tmp
         target=swap_loop, args=(d.incoming, regulars, Path("/dev/zero"), stop, 8), name="zero-swapper", daemon=True
     )
     swapper.start()
-    time.sleep(6.0)
+    began = time.monotonic()
+
+    def raced() -> bool:
+        # The daemon looked at the placed link and claimed swapped names while they were being
+        # swapped. The minimum length only sets how many swaps its looks meet.
+        looked = "zero.mp4: skipped: a symlink" in d.log()
+        claims = [j for j in d.jobs() if j["name"].startswith("swap-")]
+        return looked and len(claims) >= 2 and time.monotonic() - began >= ZERO_SWAP_SECONDS
+
+    wait_until(raced, 90, "the link skipped and two swapped names claimed", 0.05, d.log_tail)
     stop.set()
     swapper.join(timeout=10)
 
@@ -610,11 +653,16 @@ def test_an_unreadable_file_does_not_block_the_queue(unprivileged: Unprivileged,
         locked.chmod(0)
     locked_sha = sha256(locked)
     os.rename(locked, d.incoming / "locked.mp4")
-    time.sleep(SETTLE + 0.5)
+    # Tried (and said) first, so it is the oldest file when the next one arrives.
+    wait_until(lambda: "locked.mp4: cannot open" in d.log(), 30, "locked.mp4 refused", 0.05, d.log_tail)
     u.drop(clips.clip(0, 30, "vtest.avi"), "normal.mp4")
     wait_until((d.output / "normal.mp4").exists, 60, "normal.mp4 published", 0.1, d.log_tail)
     assert frame_count(d.output / "normal.mp4") == 30
-    time.sleep(3 * d.settings["watch"]["rescan_seconds"] + SETTLE)  # rescans look at it again
+    # Rescans look at it again: each later file settles for SETTLE, at least one rescan period,
+    # with the held locked.mp4 looked at on every tick; two of them, one after the other.
+    for later, src in (("later-1.jpg", "city.jpg"), ("later-2.jpg", "000000038829.jpg")):
+        u.drop(media(src), later)
+        wait_until(partial(done, d, later), 60, f"{later} done", 0.1, d.log_tail)
     d.assert_alive()
     assert regular_files(d.incoming) == ["locked.mp4"]
     assert sha256(d.incoming / "locked.mp4") == locked_sha
@@ -634,7 +682,14 @@ def test_a_read_only_output_folder_fails_nothing(unprivileged: Unprivileged, cli
     try:
         clip = clips.clip(0, 30, "vtest.avi")
         u.drop(clip, "cam.mp4")
-        time.sleep(10)
+        # Three tries (pause_seconds apart), each finding the output folder read-only.
+        wait_until(
+            lambda: d.log().count("is not writable by the daemon") >= 3,
+            60,
+            "three tries at a read-only output folder",
+            0.1,
+            d.log_tail,
+        )
         d.assert_alive()
         assert names(d.failed) == [], d.log_tail()
         assert names(d.output) == []
@@ -760,9 +815,11 @@ def test_sigstop_longer_than_the_time_limit_does_not_fail_the_file(daemon: Daemo
     wait_until(lambda: any(j["state"] == "processing" for j in d.jobs()), 30, "cam.mp4 processing", 0.02)
     os.kill(d.proc.pid, signal.SIGSTOP)
     try:
+        # The stimulus, not a wait: stopped longer than file_timeout (and than the daemon's STALL).
         time.sleep(8.0)
     finally:
         os.kill(d.proc.pid, signal.SIGCONT)
+    wait_until(lambda: "did not run for" in d.log(), 30, "the daemon noticing it was stopped", 0.1, d.log_tail)
     wait_until(
         lambda: (d.output / "cam.mp4").exists() or names(d.failed), 60, "cam.mp4 published or failed", 0.1, d.log_tail
     )
@@ -869,8 +926,14 @@ def test_an_incoming_folder_given_as_a_symlink_is_resolved_once(daemon: Daemon, 
     link.symlink_to(other)
     shutil.copyfile(clip, other / ".b.mp4.uploading")
     os.rename(other / ".b.mp4.uploading", other / "b.mp4")
-    time.sleep(3)
+    # Two files in the real folder, one after the other: each settles over at least one rescan,
+    # and files are taken oldest first, so had a rescan followed the link, b.mp4 would have gone first.
+    for later, src in (("c.jpg", "city.jpg"), ("d.jpg", "000000038829.jpg")):
+        shutil.copyfile(media(src), real / f".{later}.uploading")
+        os.rename(real / f".{later}.uploading", real / later)
+        wait_until(partial(done, d, later), 60, f"{later} done", 0.1, d.log_tail)
     assert names(other) == ["b.mp4"], "the daemon followed the link anew"
+    assert "b.mp4" not in [j["name"] for j in d.jobs()]
     assert f"paths.incoming: {link} is a symlink; using {real}" in d.log()
     assert d.terminate(timeout=15) == 0
 
@@ -886,16 +949,18 @@ def test_reading_a_huge_file_counts_as_an_attempt_and_stops_on_sigterm(daemon: D
     huge.parent.mkdir()
     with huge.open("wb") as f:
         f.truncate(16 << 30)
-    d.start()
+    mark = d.start()
     os.rename(huge, d.incoming / "huge.mp4")
-    wait_until(d.jobs, 30, "huge.mp4 claimed", 0.05, d.log_tail)
-    time.sleep(1.0)
+    # The attempt is counted just before the first read; the status says the job is in hand.
+    wait_until(lambda: [j["attempts"] for j in d.jobs()] == [1], 30, "huge.mp4's first attempt", 0.05, d.log_tail)
+    d.wait_field("STATUS", "processing huge.mp4", mark)
     d.kill()
     [job] = d.jobs()
     assert job["attempts"] == 1, job
-    d.start()
+    mark = d.start()
     wait_until(lambda: d.jobs()[0]["attempts"] == 2, 30, "the second attempt", 0.05, d.log_tail)
-    time.sleep(0.5)
+    d.wait_field("STATUS", "processing huge.mp4", mark)
+    assert d.jobs()[0]["state"] == "processing", "the read is over already"
     sent = time.monotonic()
     assert d.terminate(timeout=30) == 0, d.log()
     assert time.monotonic() - sent < 2.0 + 5.0, "SIGTERM waited for the read to end"

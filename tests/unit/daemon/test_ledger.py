@@ -137,23 +137,23 @@ def test_a_reader_sees_each_step_at_once_and_cannot_write(db: Ledger) -> None:
         reader.close()
 
 
-def test_progress_may_be_saved_from_the_engines_threads(db: Ledger) -> None:
-    """The engine calls progress() from its encoder thread; the worker's ledger must take it."""
+def test_only_the_thread_that_opened_the_ledger_may_write_it(db: Ledger) -> None:
+    """One thread owns it (the worker): another thread's write is refused, not interleaved."""
     job_id = db.add("a.mp4", Path(), 1)
     errors: list[BaseException] = []
 
-    def encoder() -> None:
+    def other() -> None:
         try:
             db.update(job_id, progress=0.25)
         except BaseException as exc:  # noqa: BLE001 - handed to the test
             errors.append(exc)
 
-    t = threading.Thread(target=encoder)
+    t = threading.Thread(target=other)
     t.start()
     t.join()
-    assert errors == []
+    assert len(errors) == 1 and isinstance(errors[0], sqlite3.ProgrammingError)
     job = db.get(job_id)
-    assert job is not None and job.progress == 0.25
+    assert job is not None and job.progress is None
 
 
 # ------------------------------------------------------------------ status
