@@ -9,14 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal, cast
+from typing import Annotated, Any, Literal, Self
 
 import yaml
 from pydantic import (
     ConfigDict,
     Field,
+    ModelWrapValidatorHandler,
     ValidationError,
-    ValidatorFunctionWrapHandler,
     field_validator,
     model_validator,
 )
@@ -41,10 +41,10 @@ class DetectorConfig(DetectorSettings):
 
     @model_validator(mode="wrap")
     @classmethod
-    def _plugin_sections(cls, data: Any, handler: ValidatorFunctionWrapHandler) -> DetectorConfig:
+    def _plugin_sections(cls, data: Any, handler: ModelWrapValidatorHandler[Self]) -> Self:
         """Validate each plugin's section with the plugin's own model; refuse any other unknown key."""
         if not isinstance(data, dict):
-            return cast(DetectorConfig, handler(data))
+            return handler(data)
         sections = registry.options_models()
         errors: list[InitErrorDetails] = []
         options: dict[str, PluginOptions] = {}
@@ -62,7 +62,7 @@ class DetectorConfig(DetectorSettings):
                 errors.append(InitErrorDetails(type="extra_forbidden", loc=(str(key),), input=data[key]))
         own = {k: v for k, v in data.items() if k in cls.model_fields}
         try:
-            config = cast(DetectorConfig, handler(own))
+            config = handler(own)
         except ValidationError as exc:
             errors = _nested(exc, ()) + errors
         if errors:
