@@ -317,7 +317,10 @@ class Jobs:
         self.sink.recover()
         for job in self.ledger.in_states(*L.ACTIVE):
             work = Path(job.work_path)
-            if job.state == L.CLAIMING:
+            if job.state == L.CLAIMING and work.parent != self.folders.work:
+                # Killed between the row and its work name: nothing was linked (the name comes first).
+                self.ledger.delete(job.id)
+            elif job.state == L.CLAIMING:
                 incoming = self.folders.incoming / job.name
                 try:
                     linked = work.lstat()

@@ -29,7 +29,7 @@ from edgeguard import durable
 from edgeguard.config import Config
 from edgeguard.daemon.folders import prepare
 from edgeguard.daemon.jobs import Jobs
-from edgeguard.daemon.ledger import Ledger
+from edgeguard.daemon.ledger import ACTIVE, Ledger
 from edgeguard.daemon.service import sink_for
 from edgeguard.engine import Engine
 from tests.conftest import media
@@ -222,6 +222,20 @@ CRASH_POINTS = {
     ("duplicate", "linked"): 1,
     ("duplicate", "moved"): 2,
 }
+
+
+def test_a_kill_between_the_claims_row_and_its_work_name_is_undone(tmp_path: Path, engine: Engine) -> None:
+    """The claim adds its ledger row, then records the work name: a kill between them left a
+    row naming no file (its work path "."), which recovery once tried to unlink and crashed on."""
+    jobs = _jobs(tmp_path, engine)
+    (jobs.folders.incoming / "a.jpg").write_bytes(media("city.jpg").read_bytes())
+    jobs.ledger.add("a.jpg", Path(), 1)  # the row, and nothing after it
+    jobs.recover()
+    assert jobs.ledger.in_states(*ACTIVE) == []
+    _drain(jobs)  # nothing queued: the file is still in incoming, to be claimed afresh
+    assert jobs.claim("a.jpg") and jobs.queued()
+    _drain(jobs)
+    assert names(jobs.folders.output) == ["a.jpg"]
 
 
 @pytest.mark.parametrize(("step", "point"), sorted(CRASH_POINTS))
