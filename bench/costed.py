@@ -100,8 +100,7 @@ def costed(cfg: Config, truth_cfg: Config, kind: type[MaskRCNN] = CostedMaskRCNN
     spec = DetectorSpec(
         cfg.detector, files, "cpu", manifest.name, manifest.input_size, cfg.temporal.keyframe_confidence
     )
-    options = cfg.detector.options("maskrcnn") or MaskRcnnOptions()
-    cost = kind(spec, options)
+    cost = kind(spec, cfg.detector.options("maskrcnn", MaskRcnnOptions))
     return CostedDetector(cost, create_detector(truth_cfg))
 
 

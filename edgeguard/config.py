@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal, Self
+from typing import Annotated, Any, Literal, Self, TypeVar
 
 import yaml
 from pydantic import (
@@ -20,13 +20,16 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_core import InitErrorDetails
+from pydantic_core import ErrorDetails, InitErrorDetails
 
 from edgeguard import env, styles, yamlfile
 from edgeguard.detectors import registry
 from edgeguard.errors import ConfigError
 from edgeguard.media.kinds import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
 from edgeguard.settings import DetectorSettings, PluginOptions, ProtectSettings, Section
+from edgeguard.validation import message, problem, raised, reraised
+
+OptionsT = TypeVar("OptionsT", bound=PluginOptions)
 
 
 class DetectorConfig(DetectorSettings):
@@ -53,39 +56,28 @@ class DetectorConfig(DetectorSettings):
                 section = data.get(key)
                 options[key] = model.model_validate({} if section is None else section)
             except ValidationError as exc:
-                errors += _nested(exc, (key,))
+                errors += reraised(exc.errors(), (key,))
         for key in data.keys() - cls.model_fields.keys() - sections.keys():
             moved = [k for k, m in sections.items() if key in m.model_fields]
             if moved:
-                errors.append(_value_error(key, data[key], f"moved to detector.{moved[0]}.{key}"))
+                errors.append(problem(key, data[key], f"moved to detector.{moved[0]}.{key}"))
             else:
                 errors.append(InitErrorDetails(type="extra_forbidden", loc=(str(key),), input=data[key]))
         own = {k: v for k, v in data.items() if k in cls.model_fields}
         try:
             config = handler(own)
         except ValidationError as exc:
-            errors = _nested(exc, ()) + errors
+            errors = reraised(exc.errors()) + errors
         if errors:
-            raise ValidationError.from_exception_data(cls.__name__, errors)
+            raise raised(cls.__name__, errors)
         assert config.__pydantic_extra__ is not None
         config.__pydantic_extra__.update(options)
         return config
 
-    def options(self, key: str) -> PluginOptions | None:
-        """The validated section of plugin `key` (None for a plugin registered after this was read)."""
+    def options(self, key: str, model: type[OptionsT]) -> OptionsT:
+        """Plugin `key`'s validated section (its defaults for a plugin registered after this was read)."""
         found = (self.__pydantic_extra__ or {}).get(key)
-        return found if isinstance(found, PluginOptions) else None
-
-
-def _nested(exc: ValidationError, prefix: tuple[str, ...]) -> list[InitErrorDetails]:
-    return [
-        InitErrorDetails(type=e["type"], loc=(*prefix, *e["loc"]), input=e["input"], ctx=e.get("ctx", {}))
-        for e in exc.errors()
-    ]
-
-
-def _value_error(key: str, value: Any, message: str) -> InitErrorDetails:
-    return InitErrorDetails(type="value_error", loc=(key,), input=value, ctx={"error": ValueError(message)})
+        return found if isinstance(found, model) else model()
 
 
 class ProtectConfig(ProtectSettings):
@@ -284,12 +276,9 @@ def parse_set(items: Sequence[str]) -> list[tuple[str, Any]]:
     return out
 
 
-def _describe(loc: Sequence[str | int], msg: str) -> str:
-    path = ".".join(str(p) for p in loc)
-    msg = msg.removeprefix("Value error, ")
-    if msg == "Extra inputs are not permitted":
-        msg = "unknown key"
-    return f"{path}: {msg}"
+def _describe(error: ErrorDetails) -> str:
+    path = ".".join(str(p) for p in error["loc"])
+    return f"{path}: {'unknown key' if error['type'] == 'extra_forbidden' else message(error)}"
 
 
 def load_config(path: Path | None = None, overrides: Sequence[str] = ()) -> Config:
@@ -327,7 +316,7 @@ def load_config(path: Path | None = None, overrides: Sequence[str] = ()) -> Conf
         problems = []
         for err in exc.errors():
             loc = tuple(err["loc"])
-            text_ = _describe(loc, err["msg"])
+            text_ = _describe(err)
             # An error at or under a --set key, or above it (an unknown section it created).
             origin = next((k for k in set_keys if loc[: len(k)] == k or k[: len(loc)] == loc), None)
             if origin is not None:

@@ -55,7 +55,10 @@ class Style(ABC):
 
     @abstractmethod
     def cover(self, pixels: Image) -> Image:
-        """What the `area` (3-channel, contiguous) becomes; only its masked pixels are used."""
+        """What the `area` (a 3-channel view into the frame) becomes; only its masked pixels are used.
+
+        A style copies the pixels only if its OpenCV call needs them contiguous.
+        """
 
     def hide(self, image: Image, mask: Mask) -> Image:
         """Hide every masked pixel of `image` in place."""
@@ -65,7 +68,7 @@ class Style(ABC):
         H, W = mask.shape
         x0, y0, x1, y1 = self.area((x, y, x + w, y + h), W, H)
         region = image[y0:y1, x0:x1, :3]
-        done = self.cover(np.ascontiguousarray(region))
+        done = self.cover(region)
         # A masked copy in OpenCV is ~40x faster than NumPy boolean indexing on a 720p area. It writes
         # into the frame directly, except for the colour channels of a BGRA image (a strided view).
         target = region if image.shape[2] == 3 else np.ascontiguousarray(region)
@@ -83,7 +86,7 @@ class Fill(Style):
 
     def cover(self, pixels: Image) -> Image:
         r, g, b = self.cfg.color
-        done = np.empty_like(pixels)
+        done = np.empty((*pixels.shape[:2], 3), np.uint8)
         done[:] = (b, g, r)
         return done
 
@@ -103,7 +106,7 @@ class Blur(Style):
     def cover(self, pixels: Image) -> Image:
         # Stack blur looks like a Gaussian but costs the same at any kernel size.
         k = self.cfg.blur_kernel
-        return np.asarray(cv2.stackBlur(pixels, (k, k)), np.uint8)
+        return np.asarray(cv2.stackBlur(np.ascontiguousarray(pixels), (k, k)), np.uint8)
 
 
 @register

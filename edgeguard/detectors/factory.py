@@ -15,7 +15,7 @@ import cv2
 from edgeguard import dnn_target, models
 from edgeguard.config import Config
 from edgeguard.detectors.base import FACE, Detector, DetectorSpec, check_classes, read_labels
-from edgeguard.detectors.registry import Plugin, plugin
+from edgeguard.detectors.registry import plugin
 from edgeguard.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -29,7 +29,7 @@ def model_files(cfg: Config) -> tuple[models.Manifest, dict[str, Path]]:
     """The manifest and the file of every role, checked (checksums unless given explicitly)."""
     manifest = models.find_manifest(cfg.detector.model, manifest_dirs(cfg))
     chosen = plugin(manifest.backend)
-    wanted = chosen.detector.optional_roles(cfg.detector, _options(cfg, chosen))
+    wanted = chosen.detector.optional_roles(cfg.detector, cfg.detector.options(chosen.type_key, chosen.options))
     explicit = {k: v for k, v in cfg.detector.files.model_dump().items() if v is not None}
     roles = [r for r, f in manifest.files.items() if (not f.optional or r in wanted) and r not in explicit]
     files = models.resolve(manifest, cfg.models_dir(), roles=roles) if roles else {}
@@ -38,11 +38,6 @@ def model_files(cfg: Config) -> tuple[models.Manifest, dict[str, Path]]:
             raise ConfigError([f"detector.files.{role}: {path} is not a file"])
         files[role] = Path(path)
     return manifest, files
-
-
-def _options(cfg: Config, chosen: Plugin) -> Any:
-    found = cfg.detector.options(chosen.type_key)
-    return found if found is not None else chosen.options()
 
 
 def _inputs(cfg: Config) -> tuple[object, ...]:
@@ -60,7 +55,7 @@ def create_detector(cfg: Config) -> Detector[Any]:
     spec = DetectorSpec(
         cfg.detector, files, target, manifest.name, manifest.input_size, cfg.temporal.keyframe_confidence
     )
-    detector = chosen.detector(spec, _options(cfg, chosen))
+    detector = chosen.detector(spec, cfg.detector.options(chosen.type_key, chosen.options))
     detector.built_from = _inputs(cfg)
     log.info("loaded model %s (%s) on %s", manifest.name, manifest.backend, target)
     return detector

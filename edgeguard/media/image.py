@@ -22,10 +22,8 @@ import numpy.typing as npt
 from edgeguard.errors import FileError, InputError
 from edgeguard.frames import Image
 from edgeguard.media.checks import check_input
-from edgeguard.media.kinds import IMAGE_EXTENSIONS
 
-# IMAGE_EXTENSIONS lives in kinds.py; still exported here for callers that took it from this module.
-__all__ = ["IMAGE_EXTENSIONS", "read_image", "write_image"]
+__all__ = ["read_image", "write_image"]
 
 log = logging.getLogger(__name__)
 

@@ -38,10 +38,8 @@ from edgeguard.frames import Image
 from edgeguard.media.audio import AudioTrack, audio_stream
 from edgeguard.media.checks import check_input
 from edgeguard.media.container import ffmpeg_reason, open_input, start_offset
-from edgeguard.media.kinds import VIDEO_EXTENSIONS
 
-# VIDEO_EXTENSIONS lives in kinds.py; still exported here for callers that took it from this module.
-__all__ = ["VIDEO_EXTENSIONS", "Frame", "VideoInfo", "VideoReader", "VideoWriter"]
+__all__ = ["Frame", "VideoInfo", "VideoReader", "VideoWriter"]
 
 log = logging.getLogger(__name__)
 

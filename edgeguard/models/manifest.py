@@ -34,6 +34,7 @@ from pydantic_core import ErrorDetails, InitErrorDetails
 
 from edgeguard import yamlfile
 from edgeguard.errors import ConfigError
+from edgeguard.validation import message, problem, raised, reraised
 
 logger = logging.getLogger(__name__)
 
@@ -168,9 +169,9 @@ class ModelFile(BaseModel):
         problems: list[InitErrorDetails] = []
         member = data.get("archive_member")
         if member is not None and data.get("url") is None:
-            problems.append(_problem("archive_member", member, "needs 'url' (the archive)"))
+            problems.append(problem("archive_member", member, "needs 'url' (the archive)"))
         if (archive_checksum := data.get("archive_checksum")) is not None and member is None:
-            problems.append(_problem("archive_checksum", archive_checksum, "only applies with 'archive_member'"))
+            problems.append(problem("archive_checksum", archive_checksum, "only applies with 'archive_member'"))
         model_file, errors = _attempt(handler, data)
         if model_file is None or problems:
             raise _merged(cls.__name__, errors, problems)
@@ -223,7 +224,7 @@ class Manifest(BaseModel):
         labels = data.get("labels")
         if labels is not None and (not isinstance(labels, str) or labels not in roles):
             listed = ", ".join(map(str, roles))
-            problems.append(_problem("labels", labels, f"must name a role under files ({listed}), got {labels!r}"))
+            problems.append(problem("labels", labels, f"must name a role under files ({listed}), got {labels!r}"))
             data = {key: value for key, value in data.items() if key != "labels"}  # reported once, here
 
         manifest, errors = _attempt(handler, data)
@@ -245,22 +246,6 @@ def _source(info: ValidationInfo) -> Path | None:
     return path if isinstance(path, Path) else None
 
 
-def _problem(loc: str | tuple[str | int, ...], value: Any, message: str) -> InitErrorDetails:
-    return {
-        "type": "value_error",
-        "loc": (loc,) if isinstance(loc, str) else loc,
-        "input": value,
-        "ctx": {"error": ValueError(message)},
-    }
-
-
-def _reraise(error: ErrorDetails) -> InitErrorDetails:
-    details: InitErrorDetails = {"type": error["type"], "loc": error["loc"], "input": error["input"]}
-    if "ctx" in error:
-        details["ctx"] = error["ctx"]
-    return details
-
-
 def _shared_filenames(raw_files: Mapping[Any, Any], invalid: set[Any]) -> list[InitErrorDetails]:
     """Two roles with one filename, among the entries valid on their own (`invalid`: the others)."""
     problems: list[InitErrorDetails] = []
@@ -271,7 +256,7 @@ def _shared_filenames(raw_files: Mapping[Any, Any], invalid: set[Any]) -> list[I
         filename = spec["filename"]
         if filename in seen:
             message = f"{filename!r} is also the file of role {seen[filename]!r}"
-            problems.append(_problem(("files", role, "filename"), filename, message))
+            problems.append(problem(("files", role, "filename"), filename, message))
         seen[filename] = str(role)
     return problems
 
@@ -289,7 +274,7 @@ def _merged(title: str, errors: list[ErrorDetails], problems: list[InitErrorDeta
     Raised in a validator, its locations are kept and prefixed with where that validator runs
     (pydantic-core supports this), so an entry reports `files.<role>.<key>`.
     """
-    return ValidationError.from_exception_data(title, [*map(_reraise, errors), *problems])
+    return raised(title, [*reraised(errors), *problems])
 
 
 # --- loading ----------------------------------------------------------------------------------
@@ -373,4 +358,4 @@ def _describe(error: ErrorDetails) -> str:
     if error["type"] in ("extra_forbidden", "invalid_key"):  # invalid_key: a key that is not a string
         model: type[BaseModel] = ModelFile if loc[:1] == ("files",) else Manifest
         return f"{key}: unknown key (allowed: {', '.join(sorted(model.model_fields))})"
-    return f"{key}: {error['msg'].removeprefix('Value error, ')}"
+    return f"{key}: {message(error)}"

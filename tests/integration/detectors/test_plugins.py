@@ -97,7 +97,7 @@ def _sets(manifests: Path, *more: str) -> list[str]:
 
 def test_a_plugin_from_outside_the_package_protects_a_photo(plugins: Path, tmp_path: Path) -> None:
     cfg = load_config(None, _sets(plugins, "protect.style=fill", "protect.shape=box", "detector.confidence=0"))
-    assert cfg.detector.options("hog") == HogOptions()
+    assert cfg.detector.options("hog", HogOptions) == HogOptions()
     engine = Engine(cfg)
     assert engine.model_name == "hog_people"
     src = media("city.jpg")
@@ -109,7 +109,7 @@ def test_a_plugin_from_outside_the_package_protects_a_photo(plugins: Path, tmp_p
 
 def test_the_plugin_reads_its_own_keys_and_refuses_unknown_ones(plugins: Path) -> None:
     cfg = load_config(None, _sets(plugins, "detector.hog.win_stride=4"))
-    assert cfg.detector.options("hog") == HogOptions(win_stride=4)
+    assert cfg.detector.options("hog", HogOptions) == HogOptions(win_stride=4)
     with pytest.raises(ConfigError) as err:
         load_config(None, _sets(plugins, "detector.hog.stride=4", "detector.hog.scale=3"))
     assert sorted(err.value.problems) == [

@@ -12,7 +12,8 @@ import pytest
 
 from edgeguard.errors import FileError, InputError
 from edgeguard.frames import Image
-from edgeguard.media import IMAGE_EXTENSIONS, read_image, write_image
+from edgeguard.media import IMAGE_EXTENSIONS
+from edgeguard.media.image import read_image, write_image
 from tests.conftest import media
 
 MAX_PIXELS = 40_000_000

@@ -15,7 +15,8 @@ import pytest
 from av.audio.stream import AudioStream
 
 from edgeguard.errors import FileError, InputError
-from edgeguard.media import VIDEO_EXTENSIONS, Frame, VideoInfo, VideoReader, VideoWriter, media_kind
+from edgeguard.media import VIDEO_EXTENSIONS, media_kind
+from edgeguard.media.video import Frame, VideoInfo, VideoReader, VideoWriter
 from tests.conftest import media
 from tests.support.probe import ffprobe, frame_times, streams, top_level_boxes
 
