@@ -10,10 +10,13 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from edgeguard import styles
 from edgeguard.config import Config
@@ -52,6 +55,30 @@ class Stats:
     motion_keyframes: int = 0
 
 
+@dataclass
+class Hidden:
+    """How much of the frames was hidden, and what was found: what an audit record reports.
+
+    In a video the inference thread counts `classes` and the encoder thread adds the frames;
+    the result is read once both have finished.
+    """
+
+    frames: int = 0
+    share_sum: float = 0.0  # sum over frames of the hidden share of each frame
+    share_max: float = 0.0
+    classes: Counter[str] = field(default_factory=Counter)  # detections per class, on analysed frames
+
+    def add_frame(self, mask: Mask) -> None:
+        share = float(np.count_nonzero(mask)) / mask.size if mask.size else 0.0
+        self.frames += 1
+        self.share_sum += share
+        self.share_max = max(self.share_max, share)
+
+    @property
+    def share_mean(self) -> float:
+        return self.share_sum / self.frames if self.frames else 0.0
+
+
 @dataclass(frozen=True)
 class Result:
     input: str
@@ -64,6 +91,9 @@ class Result:
     model: str
     target: str
     keyframes: int
+    classes: dict[str, int] = field(default_factory=dict)  # detections per class
+    hidden_mean: float = 0.0  # share of the frame hidden, mean over frames
+    hidden_max: float = 0.0  # and on the frame that hid most
     stats: Stats = field(default_factory=Stats, repr=False)
 
     def as_dict(self) -> dict[str, Any]:
@@ -110,6 +140,11 @@ class Engine:
     def target(self) -> str:
         return self.detector.target
 
+    @property
+    def weights(self) -> Mapping[str, str]:
+        """sha256 of each of the model's files as loaded, by role."""
+        return self.detector.weights
+
     def with_config(self, cfg: Config) -> tuple[Engine, bool]:
         """An engine for a reloaded `cfg`, and whether it loaded the model anew.
 
@@ -134,11 +169,12 @@ class Engine:
         if kind is None:
             raise InputError(src, f"unsupported file type {src.suffix!r}")
         started = time.monotonic()
+        hidden = Hidden()
         try:
             if kind == "video":
-                frames, found, stats = self._video(src, out, progress, cancel, observe)
+                frames, found, stats = self._video(src, out, hidden, progress, cancel, observe)
             else:
-                frames, found = self._image(src, out, observe)
+                frames, found = self._image(src, out, hidden, observe)
                 stats = Stats(keyframes=1)
             fsync_file(out)
         except FileError as exc:
@@ -162,16 +198,21 @@ class Engine:
             self.detector.model_name,
             self.detector.target,
             stats.keyframes,
+            dict(sorted(hidden.classes.items())),
+            round(hidden.share_mean, 6),
+            round(hidden.share_max, 6),
             stats,
         )
 
-    def _image(self, src: Path, out: Path, observe: Observer | None) -> tuple[int, int]:
+    def _image(self, src: Path, out: Path, hidden: Hidden, observe: Observer | None) -> tuple[int, int]:
         img = image_io.read_image(
             src, max_pixels=self.cfg.media.max_pixels, max_frame_bytes=self.cfg.media.max_frame_mb << 20
         )
         # A photo is a keyframe nothing else will look at: it looks as hard as one.
         det = self._detect(img, src, stands_in=True)
+        hidden.classes.update(det.classes)
         mask = self._rasterize(det, img.shape[1], img.shape[0])
+        hidden.add_frame(mask)
         if observe is not None:
             observe(mask, self._hidden(det))
         self.style.hide(img, mask)
@@ -183,6 +224,7 @@ class Engine:
         self,
         src: Path,
         out: Path,
+        hidden: Hidden,
         progress: Progress | None,
         cancel: threading.Event | None,
         observe: Observer | None = None,
@@ -199,6 +241,7 @@ class Engine:
             det = self._detect(image, src, stands_in)
             stats.inference += time.perf_counter() - t0
             found += len(det)
+            hidden.classes.update(det.classes)
             return det
 
         with video_io.VideoReader(
@@ -223,6 +266,7 @@ class Engine:
                     if observe is not None:
                         observe(p.mask, None if p.det is None else self._hidden(p.det))
                     t0 = time.perf_counter()
+                    hidden.add_frame(p.mask)
                     self.style.hide(p.item.image, p.mask)
                     stats.protection += time.perf_counter() - t0
                     writer.write(p.item, p.item.image)

@@ -7,6 +7,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import Generic, TypeVar
 
 import cv2
@@ -83,6 +84,8 @@ class Detector(ABC, Generic[OptionsT]):
     mirror_keyframes: bool = False
     #: the settings the factory built it from (see `factory.reusable`)
     built_from: tuple[object, ...] = ()
+    #: sha256 of each model file as loaded, by role (for audit records)
+    weights: Mapping[str, str] = MappingProxyType({})
 
     def __init__(self, spec: DetectorSpec, options: OptionsT) -> None:
         cfg, name = spec.cfg, spec.name

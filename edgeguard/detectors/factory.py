@@ -57,6 +57,8 @@ def create_detector(cfg: Config) -> Detector[Any]:
     )
     detector = chosen.detector(spec, cfg.detector.options(chosen.type_key, chosen.options))
     detector.built_from = _inputs(cfg)
+    # Hashed as loaded: an audit record names the weights that did the work, even if the file changes later.
+    detector.weights = {role: models.digest(path) for role, path in sorted(files.items())}
     log.info("loaded model %s (%s) on %s", manifest.name, manifest.backend, target)
     return detector
 

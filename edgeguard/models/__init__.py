@@ -13,13 +13,14 @@ from edgeguard.models.manifest import (
     load_manifests,
 )
 from edgeguard.models.provision import fetch
-from edgeguard.models.store import file_path, resolve, verify_file
+from edgeguard.models.store import digest, file_path, resolve, verify_file
 
 __all__ = [
     "DEFAULT_MODEL",
     "Manifest",
     "ModelFile",
     "builtin_manifest_dir",
+    "digest",
     "fetch",
     "file_path",
     "find_manifest",

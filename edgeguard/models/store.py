@@ -21,7 +21,7 @@ def file_path(manifest: Manifest, role: str, models_dir: Path) -> Path:
     return models_dir / manifest.name / model_file.filename
 
 
-def digest(path: Path, algorithm: str) -> str:
+def digest(path: Path, algorithm: str = "sha256") -> str:
     # SHA-1 is what upstream publishes for some files; flag it so FIPS builds still allow it.
     hasher = hashlib.new(algorithm, usedforsecurity=algorithm != "sha1")
     with path.open("rb") as stream:
