@@ -64,6 +64,12 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--json", action="store_true", help="one JSON object on stdout")
     _config_args(st)
 
+    au = sub.add_parser("audit", help="what was done to make an output, and with what (from the ledger)")
+    au.add_argument("file", metavar="OUTPUT_OR_INPUT", help="a file (found by content), a file name, or a sha256")
+    au.add_argument("--json", action="store_true", help="the record as JSON on stdout")
+    au.add_argument("--all", action="store_true", help="every matching record, newest first (default: the newest)")
+    _config_args(au)
+
     mo = sub.add_parser("models", help="list or provision models")
     msub = mo.add_subparsers(dest="models_command", required=True, parser_class=_Parser)
     ml = msub.add_parser("list", help="known models and whether their files are here")
@@ -270,9 +276,30 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
+def _cmd_audit(args: argparse.Namespace) -> int:
+    from edgeguard.daemon import audit
+    from edgeguard.daemon.folders import LEDGER_NAME
+
+    cfg = _load(args)
+    ledger = cfg.paths.state.absolute() / LEDGER_NAME
+    records = audit.find(ledger, args.file)
+    if not records:
+        raise EdgeguardError(f"no audit record for {args.file} in {ledger}")
+    shown = records if args.all else records[:1]
+    for i, record in enumerate(shown):
+        if args.json:
+            print(json.dumps(record, sort_keys=False))
+        else:
+            print(("\n" if i else "") + audit.render(record))
+    if len(records) > len(shown) and not args.json:
+        print(f"({len(records) - len(shown)} older record(s) match: --all shows them)")
+    return ExitCode.OK
+
+
 _COMMANDS = {
     "run": _cmd_run,
     "status": _cmd_status,
+    "audit": _cmd_audit,
     "protect": _cmd_protect,
     "check-config": _cmd_check_config,
     "doctor": _cmd_doctor,

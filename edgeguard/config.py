@@ -209,6 +209,17 @@ class LoggingConfig(Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
 
 
+class MetricsConfig(Section):
+    # Folder for edgeguard.prom, the daemon's metrics in Prometheus' text format, rewritten at
+    # most once a second (node_exporter's textfile collector reads it); unset = no metrics.
+    folder: Path | None = None
+
+
+class AuditConfig(Section):
+    # Besides the ledger, write each output's audit record beside it as OUTPUT.audit.json.
+    sidecar: bool = False
+
+
 class Config(Section):
     # A factory: the default validates plugin sections, so it needs the plugins importable first.
     detector: DetectorConfig = Field(default_factory=DetectorConfig)
@@ -221,6 +232,8 @@ class Config(Section):
     watch: WatchConfig = WatchConfig()
     daemon: DaemonConfig = DaemonConfig()
     logging: LoggingConfig = LoggingConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    audit: AuditConfig = AuditConfig()
 
     def models_dir(self) -> Path:
         return env.path(env.MODELS_DIR) or self.models.dir

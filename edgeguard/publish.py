@@ -64,6 +64,11 @@ class Sink(ABC):
         """
 
     @abstractmethod
+    def attach(self, address: str, suffix: str, data: bytes) -> None:
+        """Put `data` beside the output at `address` as ADDRESS+`suffix`, whole or not at all (replacing an
+        earlier one). OSError when the sink refuses."""
+
+    @abstractmethod
     def exists(self, address: str) -> bool:
         """Whether the output at `address` is still published."""
 
@@ -98,6 +103,20 @@ class LocalFolder(Sink):
     def publish(self, staged: Path, name: str, before: Callable[[str], None]) -> str:
         return str(move_noclobber(staged, self.folder, name, before=lambda dst: before(str(dst))))
 
+    def attach(self, address: str, suffix: str, data: bytes) -> None:
+        target = Path(address + suffix)
+        staged = staging_path(self.folder, target.name)
+        try:
+            with staged.open("xb") as stream:
+                stream.write(data)
+                stream.flush()
+                os.fsync(stream.fileno())
+            os.replace(staged, target)
+        except BaseException:
+            staged.unlink(missing_ok=True)
+            raise
+        fsync_dir(self.folder)
+
     def exists(self, address: str) -> bool:
         return Path(address).is_file()
 
@@ -107,7 +126,8 @@ class LocalFolder(Sink):
     def recover(self) -> None:
         # A crash during a cross-filesystem publish can leave the hidden copy (perhaps also
         # linked as the output it became); it is only ever a temporary.
+        # An attachment being written is a staging name here.
         for entry in os.scandir(self.folder):
-            if entry.name.startswith(".") and entry.name.endswith(COPYING_MARK):
-                log.info("removing %s, a copy a crash interrupted", entry.name)
+            if entry.name.startswith(".") and (entry.name.endswith(COPYING_MARK) or is_staging(entry.name)):
+                log.info("removing %s, a copy or attachment a crash interrupted", entry.name)
                 Path(entry.path).unlink(missing_ok=True)

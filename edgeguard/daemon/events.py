@@ -41,6 +41,18 @@ class Progress:
 
 
 @dataclass(frozen=True)
+class FileReport:
+    """What a file that reached a final state took and, if it was protected, what was done."""
+
+    seconds: float
+    stage: str | None = None  # where a failed file failed
+    frames: int = 0
+    keyframes: int = 0
+    fps: float = 0.0
+    hidden: float = 0.0  # share of the frame hidden, mean over its frames
+
+
+@dataclass(frozen=True)
 class Finished:
     """A task ended and the worker is idle; `outcome` is a ledger state (done, failed, ...) or
     what stopped it (withdrawn, refused, rolled back, retry, error)."""
@@ -49,6 +61,7 @@ class Finished:
     outcome: str
     queued: int  # jobs still waiting in the work folder
     pause: float = 0.0  # seconds before the next task may be handed over (the disk or ledger misbehaved)
+    report: FileReport | None = None  # for a final state (done, duplicate, failed)
 
 
 @dataclass(frozen=True)

@@ -15,10 +15,13 @@ import stat
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from edgeguard import __version__
 from edgeguard.config import Config
+from edgeguard.daemon import audit
 from edgeguard.daemon import ledger as L
 from edgeguard.daemon.claim import (
     Changed,
@@ -32,6 +35,7 @@ from edgeguard.daemon.claim import (
     put_back,
     release,
 )
+from edgeguard.daemon.events import FileReport
 from edgeguard.daemon.folders import Folders
 from edgeguard.durable import fsync_dir, fsync_file, move_noclobber
 from edgeguard.engine import Engine, Result
@@ -54,6 +58,14 @@ class Withdrawn(Exception):
         self.name = name
         self.reason = reason
         self.until = until
+
+
+@dataclass(frozen=True)
+class Ended:
+    """How a job ended: its final ledger state and what it took."""
+
+    outcome: str
+    report: FileReport
 
 
 class Jobs:
@@ -110,23 +122,40 @@ class Jobs:
 
     # ----------------------------------------------------------- processing
 
-    def run(self, job_id: int, cancel: threading.Event, progress: Callable[[float], None]) -> str:
-        """Process one queued job to a final state; returns the outcome (Withdrawn if given back)."""
+    def run(self, job_id: int, cancel: threading.Event, progress: Callable[[float], None]) -> Ended:
+        """Process one queued job to a final state (Withdrawn if given back, FileError to retry)."""
+        since = time.monotonic()
+        outcome, result = self._run(job_id, cancel, progress, since)
+        return self.ended(job_id, outcome, since, result)
+
+    def ended(self, job_id: int, outcome: str, since: float, result: Result | None = None) -> Ended:
+        """The report of a job that reached `outcome`, begun at `since` (monotonic)."""
+        job = self.ledger.get(job_id)
+        stage = job.stage if job is not None and outcome == L.FAILED else None
+        seconds = round(time.monotonic() - since, 3)
+        if result is None:
+            return Ended(outcome, FileReport(seconds, stage))
+        report = FileReport(seconds, stage, result.frames, result.keyframes, result.fps, result.hidden_mean)
+        return Ended(outcome, report)
+
+    def _run(
+        self, job_id: int, cancel: threading.Event, progress: Callable[[float], None], since: float
+    ) -> tuple[str, Result | None]:
         job = self.ledger.get(job_id)
         assert job is not None
         work = Path(job.work_path)
         if job.attempts >= self.cfg.daemon.max_attempts:
-            return self._fail(
-                job_id, work, f"gave up after {job.attempts} attempts that crashed or hung the daemon", "poison"
-            )
+            reason = f"gave up after {job.attempts} attempts that crashed or hung the daemon"
+            return self._fail(job_id, work, reason, "poison", since), None
         snapshot = _snapshot(job)
         if snapshot is None:  # a row from before claims recorded the inode
             try:
                 snapshot = self._record(job_id, work)
             except OSError as exc:
-                return self._fail(job_id, work, f"cannot read: {exc.strerror or exc}", "read")
+                return self._fail(job_id, work, f"cannot read: {exc.strerror or exc}", "read", since), None
         # Counted before anything reads the file: a read that hangs counts as an attempt too.
         self.ledger.start_attempt(job_id)
+        started = time.time()
         try:
             digest = job.sha256 or hash_claimed(work, snapshot, cancel, lambda: progress(0.0))
             self.ledger.update(job_id, sha256=digest)
@@ -137,12 +166,12 @@ class Jobs:
                     job.name,
                     earlier.id,
                     earlier.output,
-                    extra=_fields(job.name, job_id, "duplicate"),
+                    extra=_fields(job.name, job_id, "duplicate", seconds=time.monotonic() - since),
                 )
                 # QUEUED with an output is what recovery reads as "a duplicate being disposed of".
                 self.ledger.update(job_id, state=L.QUEUED, attempts=job.attempts, output=earlier.output)
                 self._dispose_original(job_id, work, job.name, L.DUPLICATE)
-                return L.DUPLICATE
+                return L.DUPLICATE, None
             result = self._protect(work, job.name, cancel, progress)
             why = changes(work, snapshot, digest)
             if why is not None:
@@ -164,23 +193,39 @@ class Jobs:
                 # Perhaps a writer paused longer than settle_seconds: give it time to come back.
                 reason = f"{exc.reason}; left in incoming until it changes or for {young - time.time():.0f} s"
                 raise self._withdraw(job, snapshot, reason, young) from None
-            return self._fail(job_id, work, exc.reason, exc.stage)
+            return self._fail(job_id, work, exc.reason, exc.stage, since), None
         except OSError as exc:
-            return self._fail(job_id, work, f"cannot read: {exc.strerror or exc}", "read")
+            return self._fail(job_id, work, f"cannot read: {exc.strerror or exc}", "read", since), None
         except EdgeguardError as exc:
-            return self._fail(job_id, work, str(exc), "process")
-        final = self._publish(job_id, result, job.name, job.attempts)
+            return self._fail(job_id, work, str(exc), "process", since), None
+        staged = Path(result.output)
+        record = audit.build(
+            job=job_id,
+            name=job.name,
+            input_sha256=digest,
+            input_size=snapshot.size,
+            output=staged,
+            output_sha256=audit.sha256_file(staged),
+            result=result,
+            weights=self.engine.weights,
+            cfg=self.cfg,
+            started=started,
+            finished=time.time(),
+        )
+        final = self._publish(job_id, result, job.name, job.attempts, record)
+        seconds = time.monotonic() - since
         log.info(
-            "%s -> %s: %d frames, %d detections, %.1f s",
+            "%s -> %s: %d frames, %d detections, %.1f%% hidden, %.1f s",
             job.name,
             Path(final).name,
             result.frames,
             result.detections,
-            result.seconds,
-            extra=_fields(job.name, job_id, "done", seconds=result.seconds),
+            100 * result.hidden_mean,
+            seconds,
+            extra=_fields(job.name, job_id, "done", seconds=seconds),
         )
         self._dispose_original(job_id, work, job.name, L.DONE)
-        return L.DONE
+        return L.DONE, result
 
     def _withdraw(self, job: L.Job, snapshot: Snapshot, reason: str, until: float | None) -> Withdrawn:
         """Give a job back to incoming (where its writer may still be adding to it); nothing is published."""
@@ -219,14 +264,19 @@ class Jobs:
             raise
         return result
 
-    def _publish(self, job_id: int, result: Result, name: str, attempts: int) -> str:
+    def _publish(self, job_id: int, result: Result, name: str, attempts: int, record: dict[str, Any]) -> str:
         staged = Path(result.output)
+
+        def before(where: str) -> None:
+            # The address and the audit record are kept before the output appears: a crash right
+            # after it must not lead to a second output, nor to an output without its record.
+            self.ledger.update(job_id, output=where)
+            done = audit.at(record, where)
+            hashes = record["input"]["sha256"], record["output"]["sha256"]
+            self.ledger.put_audit(job_id, where, *hashes, audit.dumps(done))
+
         try:
-            # The address is recorded before the output appears: a crash right after it must not
-            # lead to a second output.
-            address = self.sink.publish(
-                staged, output_name(name), before=lambda where: self.ledger.update(job_id, output=where)
-            )
+            address = self.sink.publish(staged, output_name(name), before=before)
         except OSError as exc:
             # The sink's fault (read-only, full), not the file's: not an attempt that counts.
             staged.unlink(missing_ok=True)
@@ -267,15 +317,40 @@ class Jobs:
                 )
             else:  # moved before a crash
                 final = self._recorded_final(job_id)
+        if state == L.DONE:
+            self._complete_audit(job_id, policy, final)
         self.ledger.update(job_id, state=state, final_path=str(final) if final else None)
 
-    def fail(self, job_id: int, reason: str, stage: str) -> str:
-        """Send a job's original to the failed folder with NAME.error.json."""
+    def _complete_audit(self, job_id: int, policy: str, original: Path | None) -> None:
+        """Say in the output's audit record what became of the original; write the sidecar if configured.
+
+        Before the job is marked done, so a crash in between does it again at the next start.
+        """
+        text = self.ledger.audit(job_id)
+        if text is None:  # published by a version without audit records
+            return
+        record = audit.with_original(json.loads(text), policy, original)
+        address = record["output"]["path"]
+        self.ledger.put_audit(
+            job_id, address, record["input"]["sha256"], record["output"]["sha256"], audit.dumps(record)
+        )
+        if self.cfg.audit.sidecar:
+            try:
+                self.sink.attach(address, audit.SIDECAR, audit.dumps(record).encode())
+            except OSError as exc:  # the output is out and the ledger has the record: not worth a retry
+                log.error(
+                    "%s: cannot write its audit sidecar: %s (the ledger has the record: edgeguard audit)",
+                    Path(address).name,
+                    exc.strerror or exc,
+                )
+
+    def fail(self, job_id: int, reason: str, stage: str, since: float) -> Ended:
+        """Send a job's original to the failed folder with NAME.error.json; `since`: when its attempt began."""
         job = self.ledger.get(job_id)
         assert job is not None
-        return self._fail(job_id, Path(job.work_path), reason, stage)
+        return self.ended(job_id, self._fail(job_id, Path(job.work_path), reason, stage, since), since)
 
-    def _fail(self, job_id: int, work: Path, reason: str, stage: str) -> str:
+    def _fail(self, job_id: int, work: Path, reason: str, stage: str, since: float | None = None) -> str:
         job = self.ledger.get(job_id)
         assert job is not None
         self._release_incoming(job_id)
@@ -306,7 +381,10 @@ class Jobs:
         os.replace(tmp, err)
         fsync_dir(err.parent)
         self.ledger.update(job_id, state=L.FAILED, stage=stage, reason=reason, final_path=str(final) if final else None)
-        log.error("%s failed at %s: %s", job.name, stage, reason, extra=_fields(job.name, job_id, "failed"))
+        seconds = time.monotonic() - since if since is not None else None
+        log.error(
+            "%s failed at %s: %s", job.name, stage, reason, extra=_fields(job.name, job_id, "failed", seconds=seconds)
+        )
         return L.FAILED
 
     # -------------------------------------------------------------- recovery

@@ -51,6 +51,17 @@ CREATE TABLE IF NOT EXISTS jobs (
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
 CREATE INDEX IF NOT EXISTS jobs_sha ON jobs(sha256);
+-- What was done to make each output, and with what (see daemon/audit.py); written before the
+-- output appears, completed once the original is disposed of.
+CREATE TABLE IF NOT EXISTS audit (
+    job INTEGER PRIMARY KEY,
+    output TEXT NOT NULL,        -- the output's address
+    input_sha256 TEXT NOT NULL,
+    output_sha256 TEXT NOT NULL,
+    record TEXT NOT NULL         -- the record, JSON
+);
+CREATE INDEX IF NOT EXISTS audit_input ON audit(input_sha256);
+CREATE INDEX IF NOT EXISTS audit_output ON audit(output_sha256);
 """
 
 
@@ -170,6 +181,26 @@ class Ledger:
 
     def counts(self) -> dict[str, int]:
         return {r[0]: r[1] for r in self.db.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state")}
+
+    def put_audit(self, job_id: int, output: str, input_sha256: str, output_sha256: str, record: str) -> None:
+        self.db.execute(
+            "INSERT OR REPLACE INTO audit(job, output, input_sha256, output_sha256, record) VALUES (?,?,?,?,?)",
+            (job_id, output, input_sha256, output_sha256, record),
+        )
+
+    def audit(self, job_id: int) -> str | None:
+        row = self.db.execute("SELECT record FROM audit WHERE job = ?", (job_id,)).fetchone()
+        return str(row[0]) if row else None
+
+    def audits_matching(self, sha256: str | None, name: str) -> list[str]:
+        """Records whose input or output has `sha256`, or whose output or input is called `name`; newest first."""
+        rows = self.db.execute(
+            "SELECT a.record FROM audit a JOIN jobs j ON j.id = a.job"
+            " WHERE a.input_sha256 = ? OR a.output_sha256 = ? OR a.output = ? OR j.name = ?"
+            " OR substr(a.output, -length(?) - 1) = '/' || ? ORDER BY a.job DESC",
+            (sha256, sha256, name, name, name, name),
+        )
+        return [str(r[0]) for r in rows]
 
     def last_failures(self, n: int = 10) -> list[Job]:
         rows = self.db.execute("SELECT * FROM jobs WHERE state = ? ORDER BY updated DESC LIMIT ?", (FAILED, n))

@@ -23,6 +23,7 @@ from types import FrameType
 from edgeguard.config import Config, load_config
 from edgeguard.daemon import events as E
 from edgeguard.daemon.folders import FolderLocks, Folders, prepare
+from edgeguard.daemon.metrics import Metrics
 from edgeguard.daemon.notify import Notifier
 from edgeguard.daemon.watcher import Arrivals
 from edgeguard.daemon.worker import QUEUED, Setup, Worker
@@ -84,8 +85,9 @@ class Service:
         self.exit_code = ExitCode.OK
         self.events: queue.SimpleQueue[E.Event] = queue.SimpleQueue()
         self.current = Current()
-        # Every event goes to each handler in turn, on the main thread; a metric is one more.
-        self.handlers: list[E.Handler] = [self.current.on_event]
+        self.metrics = Metrics()
+        # Every event goes to each handler in turn, on the main thread.
+        self.handlers: list[E.Handler] = [self.current.on_event, self.metrics.on_event]
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
         (self.hup if signum == signal.SIGHUP else self.stop).set()
@@ -123,6 +125,7 @@ class Service:
         if isinstance(first, E.StartFailed):
             raise first.error
         self._ledger_id = _file_id(worker.ledger_path)
+        self._configure_metrics(setup)
         arrivals = Arrivals(setup.folders.incoming, setup.cfg.watch)
         arrivals.start()
         log.info("watching %s (model %s on %s)", setup.folders.incoming, setup.engine.model_name, setup.engine.target)
@@ -132,6 +135,14 @@ class Service:
         finally:
             arrivals.stop()
         return self._shutdown(setup, worker)
+
+    def _configure_metrics(self, setup: Setup) -> None:
+        folder = setup.cfg.metrics.folder
+        if folder is not None and not folder.is_dir():
+            # Not a reason to stop protecting files: said once, and the metrics stay in memory.
+            log.error("metrics.folder %s is not a folder; no metrics are written", folder)
+            folder = None
+        self.metrics.configure(folder, setup.engine.model_name, setup.engine.target)
 
     def _loop(self, setup: Setup, worker: Worker, arrivals: Arrivals) -> Setup:
         interval = self.notifier.watchdog_interval()
@@ -190,6 +201,8 @@ class Service:
                     )
             elif now >= max(paused_until, current.resume_at) and not self.hup.is_set():
                 paused_until = self._hand_over(setup, worker, arrivals, now)
+            paused = "output" if now < paused_until else "storage" if now < current.resume_at else None
+            self.metrics.tick(now, queue=arrivals.pending() + current.queued, busy=current.busy, paused=paused)
             # Signals are seen within a tick; an event (a finished file) wakes the loop at once.
             event = self._next_event(TICK)
             while event is not None:
@@ -251,6 +264,7 @@ class Service:
             arrivals.stop()
             arrivals = Arrivals(new.folders.incoming, new.cfg.watch)
             arrivals.start()
+        self._configure_metrics(new)
         log.info("configuration reloaded%s", " (model reloaded)" if reloaded else "")
         self.notifier.ready(self._status or "idle")
         return new, arrivals
@@ -275,6 +289,7 @@ class Service:
             log.error("worker did not stop; exiting anyway")
             logging.shutdown()
             os._exit(ExitCode.INTERNAL)
+        self.metrics.write(time.monotonic())  # what the last file did, even within the last second
         self.locks.release()
         log.info("stopped")
         return self.exit_code

@@ -92,9 +92,9 @@ class Worker(threading.Thread):
 
     def _task(self, path: Path) -> None:
         name: str | None = path.name or None
-        outcome, pause = "error", 0.0
+        outcome, pause, report = "error", 0.0, None
         try:
-            name, outcome, pause = self._one(path)
+            name, outcome, pause, report = self._one(path)
         except (sqlite3.Error, OSError) as exc:  # the ledger's or the folders' disk, not the file
             what = "the ledger" if isinstance(exc, sqlite3.Error) else "the folders"
             pause = self.setup.cfg.daemon.pause_seconds
@@ -109,47 +109,51 @@ class Worker(threading.Thread):
             except sqlite3.Error as exc:  # the ledger's disk again: keep the last count, and run on
                 log.error("cannot read the ledger now (%s)", exc)
                 pause = pause or self.setup.cfg.daemon.pause_seconds
-            self.events.put(E.Finished(name, outcome, self.queued, pause))
+            self.events.put(E.Finished(name, outcome, self.queued, pause, report))
 
-    def _one(self, path: Path) -> tuple[str | None, str, float]:
-        """Run one task; returns the file's name, the outcome and a pause before the next."""
+    def _one(self, path: Path) -> tuple[str | None, str, float, E.FileReport | None]:
+        """Run one task; returns the file's name, the outcome, a pause before the next and, for a
+        file that reached a final state, its report."""
         self.cancel.clear()
         self.timed_out.clear()
         queued = self.jobs.queued()
         if queued:
             job_id = queued[0]
         elif path == QUEUED:
-            return None, "idle", 0.0
+            return None, "idle", 0.0, None
         else:
             try:
                 job_id = self.jobs.claim(path.name)
             except Refused as exc:
                 self.events.put(E.Verdict(path.name, exc.reason, exc.retry))
-                return path.name, "refused", 0.0
+                return path.name, "refused", 0.0, None
         job = self.ledger.get(job_id)
         assert job is not None
         self.events.put(E.Started(job.name, job_id))
         pause = self.setup.cfg.daemon.pause_seconds
+        since = time.monotonic()
         try:
-            return job.name, self.jobs.run(job_id, self.cancel, self._progress(job.name, job_id)), 0.0
+            ended = self.jobs.run(job_id, self.cancel, self._progress(job.name, job_id))
+            return job.name, ended.outcome, 0.0, ended.report
         except Withdrawn as exc:
             self.events.put(E.Verdict(exc.name, None, retry=exc.until is None, until=exc.until))
-            return job.name, "withdrawn", 0.0
+            return job.name, "withdrawn", 0.0, None
         except Cancelled:
             if self.timed_out.is_set():
                 limit = self.setup.cfg.daemon.file_timeout
-                return job.name, self.jobs.fail(job_id, f"time limit of {limit:g} s exceeded", "timeout"), 0.0
+                ended = self.jobs.fail(job_id, f"time limit of {limit:g} s exceeded", "timeout", since)
+                return job.name, ended.outcome, 0.0, ended.report
             log.info("%s: rolled back; it stays in the work folder and is taken first next time", job.name)
-            return job.name, "rolled back", 0.0
+            return job.name, "rolled back", 0.0, None
         except FileError as exc:  # transient: disk full and the like
             log.warning("%s: %s; kept for a retry in %.0f s", job.name, exc.reason, pause)
-            return job.name, "retry", pause
+            return job.name, "retry", pause, None
         except OSError as exc:
             # The folders themselves misbehave (e.g. disk full while moving); nothing is lost,
             # the job goes back to the queue (the attempt counts, as a crash's would).
             self._requeue(job_id)
             log.error("%s: %s; will retry", job.name, exc)
-            return job.name, "retry", pause
+            return job.name, "retry", pause, None
         except Exception:
             self._requeue(job_id)
             raise

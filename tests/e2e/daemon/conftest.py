@@ -74,6 +74,13 @@ def names(folder: Path) -> list[str]:
     return sorted(os.listdir(folder)) if folder.is_dir() else []
 
 
+def assert_clean(d: Daemon) -> None:
+    """Nothing half done anywhere: no hidden or partial file in output, work empty."""
+    assert names(d.work) == []
+    leftovers = [n for n in names(d.output) if n.startswith(".") or "partial" in n]
+    assert leftovers == []
+
+
 def regular_files(folder: Path) -> list[str]:
     """Names of the regular, not hidden files in `folder` (symlinks, FIFOs and folders left out)."""
     out = []

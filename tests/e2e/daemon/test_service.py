@@ -22,6 +22,7 @@ from tests.e2e.daemon.conftest import (
     LONG_FRAMES,
     Clips,
     Daemon,
+    assert_clean,
     faststart,
     frame_count,
     names,
@@ -84,13 +85,6 @@ def huge_png() -> bytes:
 
     ihdr = (60000).to_bytes(4, "big") * 2 + bytes([8, 2, 0, 0, 0])
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + chunk(b"IEND", b"")
-
-
-def assert_clean(d: Daemon) -> None:
-    """Nothing half done anywhere: no hidden or partial file in output, work empty."""
-    assert names(d.work) == []
-    leftovers = [n for n in names(d.output) if n.startswith(".") or "partial" in n]
-    assert leftovers == []
 
 
 # ------------------------------------------------------------------ arrivals

@@ -74,7 +74,12 @@ WRITES = Writes()
 def watched(tmp_path: Path, yolox_env: Path) -> Iterator[tuple[Jobs, Folders]]:
     paths = {k: str(tmp_path / k) for k in ("incoming", "output", "quarantine", "failed", "processed", "work", "state")}
     cfg = Config.model_validate(
-        {"detector": {"model": "yolox_nano"}, "paths": paths, "watch": {"incomplete_seconds": 0}}
+        {
+            "detector": {"model": "yolox_nano"},
+            "paths": paths,
+            "watch": {"incomplete_seconds": 0},
+            "audit": {"sidecar": True},  # the sidecar is written into the output folder too
+        }
     )
     folders = prepare(cfg.paths)
     jobs = Jobs(cfg, folders, Ledger(folders.ledger), Engine(cfg), sink_for(cfg, folders))
@@ -91,7 +96,7 @@ def watched(tmp_path: Path, yolox_env: Path) -> Iterator[tuple[Jobs, Folders]]:
 def _drop_and_run(jobs: Jobs, folders: Folders, src: Path, name: str) -> str:
     shutil.copyfile(src, folders.incoming / name)
     job = jobs.claim(name)
-    return jobs.run(job, threading.Event(), lambda _f: None)
+    return jobs.run(job, threading.Event(), lambda _f: None).outcome
 
 
 def test_only_the_publish_module_writes_into_the_output_folder(watched: tuple[Jobs, Folders]) -> None:
@@ -99,9 +104,9 @@ def test_only_the_publish_module_writes_into_the_output_folder(watched: tuple[Jo
     assert _drop_and_run(jobs, folders, media("city.jpg"), "a.jpg") == "done"
     assert _drop_and_run(jobs, folders, media("city.jpg"), "again.jpg") == "duplicate"
     (folders.incoming / "bad.mp4").write_bytes(b"not a video at all")
-    assert jobs.run(jobs.claim("bad.mp4"), threading.Event(), lambda _f: None) == "failed"
+    assert jobs.run(jobs.claim("bad.mp4"), threading.Event(), lambda _f: None).outcome == "failed"
     assert _drop_and_run(jobs, folders, media("vtest.avi"), "clip.avi") == "done"
-    assert sorted(os.listdir(folders.output)) == ["a.jpg", "clip.mp4"]
+    assert sorted(os.listdir(folders.output)) == ["a.jpg", "a.jpg.audit.json", "clip.mp4", "clip.mp4.audit.json"]
     assert WRITES.seen, "the hook saw nothing: it cannot vouch for anything"
     callers = {module for _, _, module in WRITES.seen}
     assert callers == {"publish.py"}, WRITES.seen

@@ -54,7 +54,16 @@ def test_a_file_is_started_progressed_and_finished_in_events(
     assert isinstance(seen[0], E.Started) and seen[0].name == "walk.avi"
     fractions = [e.fraction for e in seen if isinstance(e, E.Progress)]
     assert fractions and fractions == sorted(fractions) and fractions[-1] == 1.0
-    assert seen[-1] == E.Finished("walk.avi", "done", queued=0)
+    finished = seen[-1]
+    assert isinstance(finished, E.Finished) and (finished.name, finished.outcome, finished.queued) == (
+        "walk.avi",
+        "done",
+        0,
+    )
+    # What the metrics read: the file's frames, its keyframes and the share of the frame hidden.
+    report = finished.report
+    assert report is not None and report.stage is None and report.frames == 795
+    assert 0 < report.keyframes < report.frames and 0 < report.hidden < 0.5 and report.seconds > 0
     assert os.listdir(w.setup.folders.output) == ["walk.mp4"]
 
 

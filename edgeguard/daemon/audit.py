@@ -1,0 +1,162 @@
+"""Audit records: what was done to make each output, and with what.
+
+A privacy officer asks "what was done to this file?": the record answers with
+both files' hashes and sizes, what was found and how much of the frame was
+hidden, the model (with its weights' hashes), the target, the effective config
+(and its hash), the edgeguard version, the times, and what became of the
+original. The daemon keeps it in the ledger before the output appears and
+completes it once the original is disposed of; `edgeguard audit` finds it by
+either file's name or hash.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import re
+import sqlite3
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from edgeguard import __version__
+from edgeguard.config import Config
+from edgeguard.daemon import ledger as L
+from edgeguard.daemon.logs import escape
+from edgeguard.engine import Result
+from edgeguard.errors import EdgeguardError
+
+SCHEMA = 1
+SIDECAR = ".audit.json"  # OUTPUT.audit.json, with `audit.sidecar: true`
+_CHUNK = 1 << 20
+_HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
+
+
+def sha256_file(path: Path) -> str:
+    hasher = hashlib.sha256()
+    with path.open("rb") as stream:
+        while chunk := stream.read(_CHUNK):
+            hasher.update(chunk)
+    return hasher.hexdigest()
+
+
+def effective_config(cfg: Config) -> tuple[str, dict[str, Any]]:
+    """The config as the daemon uses it (defaults filled in), and the sha256 of its canonical JSON."""
+    data = cfg.model_dump(mode="json")
+    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest(), data
+
+
+def _utc(timestamp: float) -> str:
+    return dt.datetime.fromtimestamp(timestamp, dt.UTC).isoformat(timespec="milliseconds")
+
+
+def build(
+    *,
+    job: int,
+    name: str,
+    input_sha256: str,
+    input_size: int,
+    output: Path,
+    output_sha256: str,
+    result: Result,
+    weights: Mapping[str, str],
+    cfg: Config,
+    started: float,
+    finished: float,
+) -> dict[str, Any]:
+    """The record of one output; `original` is filled in by `with_original` once it is disposed of."""
+    config_sha256, config = effective_config(cfg)
+    return {
+        "schema": SCHEMA,
+        "job": job,
+        "input": {"name": name, "sha256": input_sha256, "size": input_size},
+        "output": {"name": output.name, "sha256": output_sha256, "size": output.stat().st_size},
+        "kind": result.kind,
+        "frames": result.frames,
+        "keyframes": result.keyframes,
+        "detections": dict(result.classes),
+        "hidden": {"mean": result.hidden_mean, "max": result.hidden_max},
+        "style": cfg.protect.style,
+        "model": {"name": result.model, "weights_sha256": dict(weights)},
+        "target": result.target,
+        "config_sha256": config_sha256,
+        "config": config,
+        "edgeguard": __version__,
+        "started": _utc(started),
+        "finished": _utc(finished),
+        "seconds": round(finished - started, 3),
+        "original": {"policy": cfg.daemon.originals, "path": None},
+    }
+
+
+def at(record: dict[str, Any], address: str) -> dict[str, Any]:
+    """`record` with the output's address (known only as it is published)."""
+    return {**record, "output": {**record["output"], "path": address}}
+
+
+def with_original(record: dict[str, Any], policy: str, path: Path | None) -> dict[str, Any]:
+    """`record` with what became of the original: deleted, or moved to `path`."""
+    return {**record, "original": {"policy": policy, "path": str(path) if path is not None else None}}
+
+
+def dumps(record: dict[str, Any]) -> str:
+    return json.dumps(record, indent=2, sort_keys=False) + "\n"
+
+
+def render(record: dict[str, Any]) -> str:
+    """A record for a person: the answers first, the config last (as its hash)."""
+    inp, out, hidden, model = record["input"], record["output"], record["hidden"], record["model"]
+    found = ", ".join(f"{n} {c}" for c, n in record["detections"].items()) or "nothing"
+    original = record["original"]
+    fate = (
+        "deleted"
+        if original["policy"] == "delete"
+        else f"{original['policy']}: {escape(original['path'] or 'not yet moved (the daemon is finishing it)')}"
+    )
+    weights = ", ".join(f"{role} sha256:{digest}" for role, digest in model["weights_sha256"].items()) or "unknown"
+    lines = [
+        f"output    {escape(out.get('path') or out['name'])}",
+        f"          sha256:{out['sha256']}  {out['size']} bytes",
+        f"input     {escape(inp['name'])}",
+        f"          sha256:{inp['sha256']}  {inp['size']} bytes",
+        f"job       {record['job']}, {record['started']} .. {record['finished']} ({record['seconds']:.1f} s)",
+        f"frames    {record['frames']} ({record['keyframes']} analysed)",
+        f"found     {found}",
+        f"hidden    {hidden['mean']:.1%} of the frame on average, {hidden['max']:.1%} at most ({record['style']})",
+        f"model     {model['name']} on {record['target']}; {weights}",
+        f"config    sha256:{record['config_sha256']}",
+        f"edgeguard {record['edgeguard']}",
+        f"original  {fate}",
+    ]
+    return "\n".join(lines)
+
+
+def find(ledger: Path, query: str) -> list[dict[str, Any]]:
+    """The records of the output or input `query`, newest first.
+
+    An existing file is found by its content (sha256 of the input or the output), so a renamed
+    copy is still found and a different file of the same name is not; otherwise `query` is a
+    file name (the input's, or the output's) or a sha256.
+    """
+    path = Path(query)
+    if path.is_file():
+        try:
+            digest: str | None = sha256_file(path)
+        except OSError as exc:
+            raise EdgeguardError(f"{query}: cannot read: {exc.strerror or exc}") from exc
+        name = ""  # by content only
+    else:
+        digest = query.lower() if _HEX64.match(query) else None
+        name = path.name if digest is None else ""
+    if not ledger.exists():
+        return []
+    db = L.Ledger(ledger, readonly=True)
+    try:
+        rows = db.audits_matching(digest, name)
+    except sqlite3.OperationalError:  # a ledger from before audit records
+        return []
+    finally:
+        db.close()
+    return [json.loads(row) for row in rows]
