@@ -51,6 +51,12 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--json", action="store_true", help="print one JSON summary per file on stdout")
     _config_args(pr)
 
+    pv = sub.add_parser("preview", help="contact sheet: a few frames beside their protected result, to tune a config")
+    pv.add_argument("input", type=Path, metavar="INPUT")
+    pv.add_argument("-o", "--output", help="sheet file, .png or .jpg (default: beside INPUT, NAME.preview.png)")
+    pv.add_argument("--frames", type=int, default=4, metavar="N", help="video frames shown, spread evenly (default 4)")
+    _config_args(pv)
+
     cc = sub.add_parser("check-config", help="validate a config file")
     _config_args(cc)
 
@@ -218,6 +224,20 @@ def _cmd_protect(args: argparse.Namespace) -> int:
     return ExitCode.FAILED if failed else ExitCode.OK
 
 
+def _cmd_preview(args: argparse.Namespace) -> int:
+    from edgeguard.engine import Engine
+    from edgeguard.preview import build_preview, plan
+    from edgeguard.progress import ProgressBar
+
+    cfg = _load(args)
+    _setup_logging(args.verbose, cfg.logging.level)
+    dst = plan(args.input, args.output, args.frames)  # before the model loads
+    with ProgressBar(args.input.name) as bar:
+        preview = build_preview(Engine(cfg), args.input, dst, frames=args.frames, progress=bar.update)
+    print(preview.summary())
+    return ExitCode.OK
+
+
 def _cmd_doctor(args: argparse.Namespace) -> int:
     from edgeguard.doctor import run_doctor
 
@@ -301,6 +321,7 @@ _COMMANDS = {
     "status": _cmd_status,
     "audit": _cmd_audit,
     "protect": _cmd_protect,
+    "preview": _cmd_preview,
     "check-config": _cmd_check_config,
     "doctor": _cmd_doctor,
     "models": _cmd_models,
