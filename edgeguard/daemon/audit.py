@@ -115,7 +115,7 @@ def render(record: dict[str, Any]) -> str:
         if original["policy"] == "delete"
         else f"{original['policy']}: {escape(original['path'] or 'not yet moved (the daemon is finishing it)')}"
     )
-    weights = ", ".join(f"{role} sha256:{digest}" for role, digest in model["weights_sha256"].items()) or "unknown"
+    weights = [f"          {role} sha256:{digest}" for role, digest in model["weights_sha256"].items()]
     lines = [
         f"output    {escape(out.get('path') or out['name'])}",
         f"          sha256:{out['sha256']}  {out['size']} bytes",
@@ -125,7 +125,8 @@ def render(record: dict[str, Any]) -> str:
         f"frames    {record['frames']} ({record['keyframes']} analysed)",
         f"found     {found}",
         f"hidden    {hidden['mean']:.1%} of the frame on average, {hidden['max']:.1%} at most ({record['style']})",
-        f"model     {model['name']} on {record['target']}; {weights}",
+        f"model     {model['name']} on {record['target']}",
+        *weights,
         f"config    sha256:{record['config_sha256']}",
         f"edgeguard {record['edgeguard']}",
         f"original  {fate}",
