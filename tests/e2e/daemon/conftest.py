@@ -397,6 +397,20 @@ class Daemon:
         finally:
             db.close()
 
+    def audits(self) -> list[dict[str, Any]]:
+        """Every audit row of the ledger (read-only)."""
+        path = self.state / "ledger.sqlite3"
+        if not path.exists():
+            return []
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+        try:
+            db.row_factory = sqlite3.Row
+            return [dict(r) for r in db.execute("SELECT * FROM audit ORDER BY job")]
+        except sqlite3.OperationalError:  # no table before the first output
+            return []
+        finally:
+            db.close()
+
     def counts(self) -> dict[str, int]:
         counts: dict[str, int] = {}
         for job in self.jobs():

@@ -91,6 +91,7 @@ def test_sigkill_at_random_moments_loses_nothing(daemon: Daemon, clips: Clips, t
     d.configure(
         daemon={"originals": "quarantine", "max_attempts": 3},
         watch={"settle_seconds": 0.3, "rescan_seconds": 0.5},
+        audit={"sidecar": True},
     )
     stage = tmp_path / "stage"
     stage.mkdir()
@@ -131,6 +132,9 @@ def test_sigkill_at_random_moments_loses_nothing(daemon: Daemon, clips: Clips, t
         killed_while.append(",".join(sorted(states - {"done", "failed", "duplicate"})) or "-")
         # Whatever the moment, the output folder only ever holds complete files.
         assert [n for n in names(d.output) if n.startswith(".") or "partial" in n] == [], f"trial {trial}"
+        # And every output has its audit record in the ledger (kept before the output appeared).
+        recorded = {Path(r["output"]).name for r in d.audits()}
+        assert {n for n in names(d.output) if not n.endswith(".audit.json")} <= recorded, f"trial {trial}"
     print("active ledger states at each kill:", killed_while)
     assert sum("processing" in k for k in killed_while) >= 2, "the kills never hit a file being processed"
 
@@ -166,7 +170,12 @@ def check_final(d: Daemon, made: dict[str, Input]) -> None:
                 img = cv2.imread(str(out))
                 assert img is not None and (img.shape[1], img.shape[0]) == given.size, job
             assert final == d.quarantine / given.name, job
-            outputs.append(out.name)
+            # Its audit record, completed whatever crash came between publishing and disposing.
+            record = json.loads((d.output / f"{out.name}.audit.json").read_text(encoding="utf-8"))
+            assert record["job"] == job["id"] and record["input"]["sha256"] == given.sha256, job
+            assert record["output"]["sha256"] == sha256(out), job
+            assert record["original"] == {"policy": "quarantine", "path": str(final)}, job
+            outputs.extend([out.name, f"{out.name}.audit.json"])
             quarantined.append(final.name)
         else:
             assert final == d.failed / given.name, job
@@ -181,7 +190,7 @@ def check_final(d: Daemon, made: dict[str, Input]) -> None:
     # Nothing lost: every input's bytes are in exactly one place.
     kept = sorted(sha256(d.quarantine / n) for n in quarantined) + sorted(sha256(d.failed / n) for n in failed)
     assert sorted(kept) == sorted(i.sha256 for i in made.values())
-    print(f"crash test: {len(made)} inputs, {len(outputs)} done, {len(failed)} failed")
+    print(f"crash test: {len(made)} inputs, {len(quarantined)} done, {len(failed)} failed")
 
 
 # ------------------------------------------------------------------ exact crash points, in-process
