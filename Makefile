@@ -9,7 +9,7 @@ MODEL ?= mask_rcnn_inception_v2_coco
 # Models, media and the Mask R-CNN text graph the tests read (never copied into the repo).
 export EDGEGUARD_SHARED ?= $(abspath ../shared)
 # pocl-opencl-icd and clinfo: the opencl target's tests run on PoCL, found with `clinfo -l`.
-# systemd-container: the service's tests boot a real systemd in a container (tests/systemd).
+# systemd-container: the service's tests boot a real systemd in a container (tests/e2e/systemd).
 APT_PACKAGES := python3-venv ffmpeg libsystemd-dev pkg-config gcc python3-dev pocl-opencl-icd ocl-icd-libopencl1 clinfo systemd systemd-container
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
