@@ -299,12 +299,13 @@ def _cmd_status(args: argparse.Namespace) -> int:
 def _cmd_audit(args: argparse.Namespace) -> int:
     from edgeguard.daemon import audit
     from edgeguard.daemon.folders import LEDGER_NAME
+    from edgeguard.daemon.logs import escape
 
     cfg = _load(args)
     ledger = cfg.paths.state.absolute() / LEDGER_NAME
     records = audit.find(ledger, args.file)
     if not records:
-        raise EdgeguardError(f"no audit record for {args.file} in {ledger}")
+        raise EdgeguardError(f"no audit record for {escape(args.file)} in {ledger}")
     shown = records if args.all else records[:1]
     for i, record in enumerate(shown):
         if args.json:

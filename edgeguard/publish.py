@@ -9,6 +9,7 @@ writes where the user said with `replace_into`.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import uuid
@@ -73,6 +74,10 @@ class Sink(ABC):
         """Whether the output at `address` is still published."""
 
     @abstractmethod
+    def sha256(self, address: str) -> str:
+        """The sha256 of the output at `address` (recovery checks that a published output is the job's own)."""
+
+    @abstractmethod
     def describe(self) -> str:
         """Where outputs go, for log lines."""
 
@@ -119,6 +124,13 @@ class LocalFolder(Sink):
 
     def exists(self, address: str) -> bool:
         return Path(address).is_file()
+
+    def sha256(self, address: str) -> str:
+        digest = hashlib.sha256()
+        with open(address, "rb") as stream:
+            while chunk := stream.read(1 << 20):
+                digest.update(chunk)
+        return digest.hexdigest()
 
     def describe(self) -> str:
         return str(self.folder)

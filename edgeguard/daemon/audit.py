@@ -16,7 +16,8 @@ import hashlib
 import json
 import re
 import sqlite3
-from collections.abc import Mapping
+import threading
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ from edgeguard.config import Config
 from edgeguard.daemon import ledger as L
 from edgeguard.daemon.logs import escape
 from edgeguard.engine import Result
-from edgeguard.errors import EdgeguardError
+from edgeguard.errors import Cancelled, EdgeguardError
 
 SCHEMA = 1
 SIDECAR = ".audit.json"  # OUTPUT.audit.json, with `audit.sidecar: true`
@@ -33,11 +34,16 @@ _CHUNK = 1 << 20
 _HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
 
 
-def sha256_file(path: Path) -> str:
+def sha256_file(path: Path, *, alive: Callable[[], None] | None = None, cancel: threading.Event | None = None) -> str:
+    """The file's sha256; `alive` is called per chunk, and Cancelled is raised once `cancel` is set."""
     hasher = hashlib.sha256()
     with path.open("rb") as stream:
         while chunk := stream.read(_CHUNK):
             hasher.update(chunk)
+            if alive is not None:
+                alive()
+            if cancel is not None and cancel.is_set():
+                raise Cancelled(path)
     return hasher.hexdigest()
 
 
@@ -64,9 +70,13 @@ def build(
     weights: Mapping[str, str],
     cfg: Config,
     started: float,
-    finished: float,
+    seconds: float,
 ) -> dict[str, Any]:
-    """The record of one output; `original` is filled in by `with_original` once it is disposed of."""
+    """The record of one output; `original` is filled in by `with_original` once it is disposed of.
+
+    `started` is the attempt's wall-clock start; `seconds` its duration, from the monotonic clock
+    (a gateway without a real-time clock may jump when NTP syncs).
+    """
     config_sha256, config = effective_config(cfg)
     return {
         "schema": SCHEMA,
@@ -85,15 +95,15 @@ def build(
         "config": config,
         "edgeguard": __version__,
         "started": _utc(started),
-        "finished": _utc(finished),
-        "seconds": round(finished - started, 3),
+        "finished": _utc(started + seconds),
+        "seconds": round(seconds, 3),
         "original": {"policy": cfg.daemon.originals, "path": None},
     }
 
 
 def at(record: dict[str, Any], address: str) -> dict[str, Any]:
     """`record` with the output's address (known only as it is published)."""
-    return {**record, "output": {**record["output"], "path": address}}
+    return {**record, "output": {**record["output"], "name": Path(address).name, "path": address}}
 
 
 def with_original(record: dict[str, Any], policy: str, path: Path | None) -> dict[str, Any]:
@@ -139,25 +149,30 @@ def find(ledger: Path, query: str) -> list[dict[str, Any]]:
 
     An existing file is found by its content (sha256 of the input or the output), so a renamed
     copy is still found and a different file of the same name is not; otherwise `query` is a
-    file name (the input's, or the output's) or a sha256.
+    sha256 or a file name (outputs called so first, then inputs). EdgeguardError when the
+    ledger cannot be read.
     """
     path = Path(query)
+    if path.is_dir():
+        raise EdgeguardError(f"{escape(query)} is a folder; give a file, a file name or a sha256")
+    digest: str | None = None
     if path.is_file():
         try:
-            digest: str | None = sha256_file(path)
+            digest = sha256_file(path)
         except OSError as exc:
-            raise EdgeguardError(f"{query}: cannot read: {exc.strerror or exc}") from exc
-        name = ""  # by content only
-    else:
-        digest = query.lower() if _HEX64.match(query) else None
-        name = path.name if digest is None else ""
-    if not ledger.exists():
-        return []
-    db = L.Ledger(ledger, readonly=True)
+            raise EdgeguardError(f"{escape(query)}: cannot read: {exc.strerror or exc}") from exc
+    elif _HEX64.match(query):
+        digest = query.lower()
+    if not ledger.is_file():
+        raise EdgeguardError(f"no ledger at {ledger} (has the daemon run with this config?)")
     try:
-        rows = db.audits_matching(digest, name)
-    except sqlite3.OperationalError:  # a ledger from before audit records
-        return []
-    finally:
-        db.close()
+        db = L.Ledger(ledger, readonly=True)
+        try:
+            if not db.has_audits():  # a ledger from before audit records
+                return []
+            rows = db.audits_by_hash(digest) if digest is not None else db.audits_by_name(path.name)
+        finally:
+            db.close()
+    except sqlite3.Error as exc:
+        raise EdgeguardError(f"cannot read the ledger {ledger}: {exc}") from exc
     return [json.loads(row) for row in rows]

@@ -172,7 +172,7 @@ class Jobs:
                 self.ledger.update(job_id, state=L.QUEUED, attempts=job.attempts, output=earlier.output)
                 self._dispose_original(job_id, work, job.name, L.DUPLICATE)
                 return L.DUPLICATE, None
-            result = self._protect(work, job.name, cancel, progress)
+            result, output_sha256 = self._protect(work, job.name, cancel, progress)
             why = changes(work, snapshot, digest)
             if why is not None:
                 Path(result.output).unlink(missing_ok=True)
@@ -205,12 +205,12 @@ class Jobs:
             input_sha256=digest,
             input_size=snapshot.size,
             output=staged,
-            output_sha256=audit.sha256_file(staged),
+            output_sha256=output_sha256,
             result=result,
             weights=self.engine.weights,
             cfg=self.cfg,
             started=started,
-            finished=time.time(),
+            seconds=time.monotonic() - since,
         )
         final = self._publish(job_id, result, job.name, job.attempts, record)
         seconds = time.monotonic() - since
@@ -249,7 +249,10 @@ class Jobs:
         log.warning("%s: %s", job.name, reason, extra=_fields(job.name, job.id, "withdrawn"))
         return Withdrawn(job.name, reason, until)
 
-    def _protect(self, work: Path, name: str, cancel: threading.Event, progress: Callable[[float], None]) -> Result:
+    def _protect(
+        self, work: Path, name: str, cancel: threading.Event, progress: Callable[[float], None]
+    ) -> tuple[Result, str]:
+        """The verified output, staged in work, and its sha256 (for the audit record)."""
         # The staging name keeps the output's extension: the engine picks the format from it.
         staged = staging_path(self.folders.work, output_name(name))
 
@@ -259,10 +262,12 @@ class Jobs:
         result = self.engine.protect_file(work, staged, progress=report, cancel=cancel)
         try:
             verify_output(Path(result.output), result, lambda: progress(1.0))
+            # Fed and cancellable like the input's hash: a large output on a slow card takes a while.
+            digest = audit.sha256_file(Path(result.output), alive=lambda: progress(1.0), cancel=cancel)
         except BaseException:
             Path(result.output).unlink(missing_ok=True)
             raise
-        return result
+        return result, digest
 
     def _publish(self, job_id: int, result: Result, name: str, attempts: int, record: dict[str, Any]) -> str:
         staged = Path(result.output)
@@ -281,10 +286,26 @@ class Jobs:
             # The sink's fault (read-only, full), not the file's: not an attempt that counts.
             staged.unlink(missing_ok=True)
             self.ledger.update(job_id, state=L.QUEUED, attempts=attempts, output=None)
+            self.ledger.delete_audit(job_id)
             reason = f"cannot publish into {self.sink.describe()}: {exc.strerror or exc}"
             raise FileError(staged, reason, stage="publish", transient=True) from exc
         self.ledger.update(job_id, state=L.OUTPUT_DONE, output=address, progress=1.0)
+        # Beside the output at once (the original still to be disposed of), so a reader that acts
+        # on the output finds its record, and a stale sidecar of an earlier output is replaced.
+        self._attach_audit(address, audit.at(record, address))
         return address
+
+    def _attach_audit(self, address: str, record: dict[str, Any]) -> None:
+        if not self.cfg.audit.sidecar:
+            return
+        try:
+            self.sink.attach(address, audit.SIDECAR, audit.dumps(record).encode())
+        except OSError as exc:  # the output is out and the ledger has the record: not worth a retry
+            log.error(
+                "%s: cannot write its audit sidecar: %s (the ledger has the record: edgeguard audit)",
+                Path(address).name,
+                exc.strerror or exc,
+            )
 
     def _recorded_final(self, job_id: int) -> Path | None:
         """Where an interrupted move recorded it was taking the original, if the file is there."""
@@ -334,15 +355,7 @@ class Jobs:
         self.ledger.put_audit(
             job_id, address, record["input"]["sha256"], record["output"]["sha256"], audit.dumps(record)
         )
-        if self.cfg.audit.sidecar:
-            try:
-                self.sink.attach(address, audit.SIDECAR, audit.dumps(record).encode())
-            except OSError as exc:  # the output is out and the ledger has the record: not worth a retry
-                log.error(
-                    "%s: cannot write its audit sidecar: %s (the ledger has the record: edgeguard audit)",
-                    Path(address).name,
-                    exc.strerror or exc,
-                )
+        self._attach_audit(address, record)
 
     def fail(self, job_id: int, reason: str, stage: str, since: float) -> Ended:
         """Send a job's original to the failed folder with NAME.error.json; `since`: when its attempt began."""
@@ -418,7 +431,7 @@ class Jobs:
             elif job.state == L.OUTPUT_DONE:
                 log.info("job %d (%s): output was published before a crash; finishing", job.id, job.name)
                 self._dispose_original(job.id, work, job.name, L.DONE)
-            elif job.state == L.PROCESSING and job.output and self.sink.exists(job.output):
+            elif job.state == L.PROCESSING and self._published(job):
                 # Linked into the output folder, but the crash came before OUTPUT_DONE was written.
                 log.info("job %d (%s): output was published before a crash; finishing", job.id, job.name)
                 self.ledger.update(job.id, state=L.OUTPUT_DONE)
@@ -434,7 +447,21 @@ class Jobs:
                     extra=_fields(job.name, job.id, "retry"),
                 )
                 self.ledger.update(job.id, state=L.QUEUED, output=None)
+                self.ledger.delete_audit(job.id)  # kept for an output that never appeared
         self._sweep_work()
+
+    def _published(self, job: L.Job) -> bool:
+        """Whether this job's own output is published: at its recorded address, with the recorded hash.
+
+        The address is recorded before the link, and the link may have found the name taken by
+        another output (then a crash came before the next name was recorded): that file is not ours.
+        """
+        if not job.output or not self.sink.exists(job.output):
+            return False
+        text = self.ledger.audit(job.id)
+        if text is None:  # published by a version without audit records: the name is all there is
+            return True
+        return bool(json.loads(text)["output"]["sha256"] == self.sink.sha256(job.output))
 
     def _fail_lost(self, job: L.Job) -> None:
         """The original left work before a crash: finish the step that moved it, or report it lost."""

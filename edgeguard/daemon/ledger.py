@@ -188,17 +188,38 @@ class Ledger:
             (job_id, output, input_sha256, output_sha256, record),
         )
 
+    def has_audits(self) -> bool:
+        """Whether the ledger has the audit table (a reader may open one from an older version)."""
+        row = self.db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'audit'").fetchone()
+        return row is not None
+
+    def delete_audit(self, job_id: int) -> None:
+        self.db.execute("DELETE FROM audit WHERE job = ?", (job_id,))
+
     def audit(self, job_id: int) -> str | None:
         row = self.db.execute("SELECT record FROM audit WHERE job = ?", (job_id,)).fetchone()
         return str(row[0]) if row else None
 
-    def audits_matching(self, sha256: str | None, name: str) -> list[str]:
-        """Records whose input or output has `sha256`, or whose output or input is called `name`; newest first."""
+    def audits_by_hash(self, sha256: str) -> list[str]:
+        """Records of published outputs whose input or output has `sha256`, newest first."""
+        return self._audits("(a.input_sha256 = ? OR a.output_sha256 = ?)", sha256, sha256)
+
+    def audits_by_name(self, name: str) -> list[str]:
+        """Records of the outputs called `name`, newest first, then those of inputs called `name`.
+
+        Outputs first: a camera that reuses a name gets NAME-1 for a second output, and asking
+        for NAME must not answer with that one.
+        """
+        outputs = self._audits("substr(a.output, -length(?) - 1) = '/' || ?", name, name)
+        inputs = self._audits("j.name = ?", name)
+        return outputs + [r for r in inputs if r not in outputs]
+
+    def _audits(self, where: str, *args: str) -> list[str]:
+        # Only jobs whose output is out: a record is kept just before the output appears.
         rows = self.db.execute(
             "SELECT a.record FROM audit a JOIN jobs j ON j.id = a.job"
-            " WHERE a.input_sha256 = ? OR a.output_sha256 = ? OR a.output = ? OR j.name = ?"
-            " OR substr(a.output, -length(?) - 1) = '/' || ? ORDER BY a.job DESC",
-            (sha256, sha256, name, name, name, name),
+            f" WHERE j.state IN (?, ?) AND {where} ORDER BY a.job DESC",
+            (OUTPUT_DONE, DONE, *args),
         )
         return [str(r[0]) for r in rows]
 

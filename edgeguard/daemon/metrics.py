@@ -71,8 +71,8 @@ class Metrics:
         self.busy = Gauge("edgeguard_processing", "1 while a file is being processed", registry=r)
         self.paused = Gauge(
             "edgeguard_paused",
-            "1 while new files wait, by why: output (the output folder is full or not writable), "
-            "storage (the ledger or the folders failed; retrying)",
+            "1 while new files wait, by why: output (the output folder is short of space or not writable), "
+            "storage (a write failed mid-file: output, work folder or ledger; retrying)",
             ["reason"],
             registry=r,
         )

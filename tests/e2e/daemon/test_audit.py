@@ -46,7 +46,7 @@ def test_each_output_has_a_record_that_matches_its_files(daemon: Daemon, clip10:
         # The hashes and sizes are those of the files on disk, not of something else.
         assert sidecar["output"]["sha256"] == sha256(d.output / out)
         assert sidecar["output"]["size"] == (d.output / out).stat().st_size
-        assert sidecar["output"]["path"] == str(d.output / out)
+        assert sidecar["output"]["path"] == str(d.output / out) and sidecar["output"]["name"] == out
         assert sidecar["input"]["sha256"] == sha256(d.quarantine / original)
         assert sidecar["input"]["size"] == (d.quarantine / original).stat().st_size
         assert sidecar["input"]["name"] == original
@@ -98,4 +98,25 @@ def test_an_output_of_other_content_is_not_found_by_its_name(daemon: Daemon, cli
     impostor = tmp_path / "city.jpg"
     impostor.write_bytes(media("000000038829.jpg").read_bytes())
     assert audit(d, str(impostor)).returncode == 1
+
+    # A camera reuses the name: the second output is city-1.jpg. Once a consumer has taken both
+    # away, asking for city.jpg answers with city.jpg's record, not with the newer city-1.jpg's.
+    d.drop(media("000000038829.jpg"), "city.jpg")
+    d.wait_states({"done": 2})
+    d.wait_idle()
+    first, second = sha256(d.output / "city.jpg"), sha256(d.output / "city-1.jpg")
+    for name in names(d.output):
+        (d.output / name).unlink()
+    assert record_of(d, "city.jpg")["output"]["sha256"] == first
+    assert record_of(d, "city-1.jpg")["output"]["sha256"] == second
+    every = audit(d, "city.jpg", "--all", "--json").stdout.splitlines()
+    assert [json.loads(line)["output"]["name"] for line in every] == ["city.jpg", "city-1.jpg"]
     assert d.terminate(timeout=15) == 0
+
+
+def test_without_a_ledger_or_with_a_folder_it_says_so(daemon: Daemon) -> None:
+    d = daemon  # never started: no ledger yet
+    none = audit(d, "clip.mp4")
+    assert none.returncode == 1 and "no ledger at" in none.stderr, none.stderr
+    folder = audit(d, str(d.output))
+    assert folder.returncode == 1 and "is a folder" in folder.stderr, folder.stderr

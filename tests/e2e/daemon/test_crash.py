@@ -312,6 +312,56 @@ def test_a_move_cut_short_is_finished_once_by_recovery(
         assert job.attempts == 1, "a published output is not made again"
 
 
+def test_a_crash_after_the_output_name_was_found_taken_does_not_adopt_the_other_file(
+    tmp_path: Path, engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The output's name is recorded before the link; the link finds it taken (another output of
+    that name) and the kill comes before the next name is recorded. Recovery once saw a file at
+    the recorded name, called the job done and deleted the original with no output of its own."""
+    jobs = _jobs(tmp_path, engine, originals="delete")
+    f = jobs.folders
+    other = media("000000038829.jpg").read_bytes()
+    (f.incoming / "a.jpg").write_bytes(media("city.jpg").read_bytes())
+    job_id = jobs.claim("a.jpg")
+    real_update = jobs.ledger.update
+
+    def update(job: int, **fields: object) -> None:
+        output = str(fields.get("output", ""))
+        if output.endswith("a-1.jpg"):
+            raise Crash  # the kill: between the failed link and recording the next name
+        real_update(job, **fields)
+        if output.endswith("/a.jpg"):
+            # The race: another a.jpg appears after the name was found free and recorded.
+            (f.output / "a.jpg").write_bytes(other)
+
+    monkeypatch.setattr(jobs.ledger, "update", update)
+    with pytest.raises(Crash):
+        jobs.run(job_id, threading.Event(), lambda _f: None)
+    jobs.ledger.close()
+
+    again = _jobs(tmp_path, engine, originals="delete")
+    again.recover()
+    _drain(again)
+    job = again.ledger.get(job_id)
+    again.ledger.close()
+    assert job is not None and job.state == "done" and job.output == str(f.output / "a-1.jpg"), job
+    assert (f.output / "a.jpg").read_bytes() == other, "the other output was touched"
+    record = json.loads(again_record(tmp_path, job_id))
+    assert record["output"]["sha256"] == sha256(f.output / "a-1.jpg")
+    assert names(f.output) == ["a-1.jpg", "a.jpg"] and names(f.work) == []
+
+
+def again_record(root: Path, job_id: int) -> str:
+    """The job's audit record, read from the ledger as `edgeguard audit` does."""
+    ledger = Ledger(root / "state" / "ledger.sqlite3", readonly=True)
+    try:
+        text = ledger.audit(job_id)
+    finally:
+        ledger.close()
+    assert text is not None
+    return text
+
+
 def test_recovery_keeps_originals_named_like_temporaries_and_odd_leftovers(tmp_path: Path, engine: Engine) -> None:
     """An upload called x.partial.jpg is an original, not a partial output; a folder left where a
     release was interrupted goes back to incoming; neither stops recovery."""

@@ -39,7 +39,7 @@ TEXTFILE = "/var/lib/node_exporter/textfile_collector"
 METRICS_DROP_IN = "/etc/systemd/system/edgeguard.service.d/metrics.conf"
 METRICS_DROP_IN_TEXT = f"""\
 [Service]
-ReadWritePaths={TEXTFILE}
+ReadWritePaths=-{TEXTFILE}
 """
 
 # Test-only timings: a hang is noticed in 5 s instead of 120 s, a crash restarts after 1 s.
