@@ -387,27 +387,24 @@ class Daemon:
 
     def jobs(self) -> list[dict[str, Any]]:
         """Every ledger row (read-only; safe while the daemon runs)."""
-        path = self.state / "ledger.sqlite3"
-        if not path.exists():
-            return []
-        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
-        try:
-            db.row_factory = sqlite3.Row
-            return [dict(r) for r in db.execute("SELECT * FROM jobs ORDER BY id")]
-        finally:
-            db.close()
+        return self._rows("SELECT * FROM jobs ORDER BY id")
 
     def audits(self) -> list[dict[str, Any]]:
         """Every audit row of the ledger (read-only)."""
+        return self._rows("SELECT * FROM audit ORDER BY job")
+
+    def _rows(self, sql: str) -> list[dict[str, Any]]:
         path = self.state / "ledger.sqlite3"
         if not path.exists():
             return []
         db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
         try:
             db.row_factory = sqlite3.Row
-            return [dict(r) for r in db.execute("SELECT * FROM audit ORDER BY job")]
-        except sqlite3.OperationalError:  # no table before the first output
-            return []
+            return [dict(r) for r in db.execute(sql)]
+        except sqlite3.OperationalError as exc:
+            if "no such table" in str(exc):  # killed between creating the file and its schema
+                return []
+            raise
         finally:
             db.close()
 
