@@ -10,12 +10,15 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgeguard import __version__, env
 from edgeguard.config import Config, load_config
 from edgeguard.daemon.logs import OneLine
 from edgeguard.errors import ConfigError, EdgeguardError, ExitCode, ModelChecksumError, ModelMissingError, UsageError
+
+if TYPE_CHECKING:  # imported where used: the CLI starts without loading the daemon
+    from edgeguard.daemon.folders import Folders
 
 log = logging.getLogger(__name__)
 
@@ -287,22 +290,24 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _cmd_status(args: argparse.Namespace) -> int:
     from edgeguard.daemon import status
-    from edgeguard.daemon.folders import Folders
 
-    cfg = _load(args)
-    folders = Folders(**{k: Path(v).absolute() for k, v in cfg.paths.model_dump().items()})
-    report = status.collect(folders)
+    report = status.collect(_folders(_load(args)))
     print(json.dumps(report) if args.json else status.render(report))
     return ExitCode.OK
 
 
+def _folders(cfg: Config) -> Folders:
+    """The daemon's folders as a reader sees them (nothing is created)."""
+    from edgeguard.daemon.folders import Folders
+
+    return Folders(**{k: Path(v).absolute() for k, v in cfg.paths.model_dump().items()})
+
+
 def _cmd_audit(args: argparse.Namespace) -> int:
     from edgeguard.daemon import audit
-    from edgeguard.daemon.folders import LEDGER_NAME
     from edgeguard.daemon.logs import escape
 
-    cfg = _load(args)
-    ledger = cfg.paths.state.absolute() / LEDGER_NAME
+    ledger = _folders(_load(args)).ledger
     records = audit.find(ledger, args.file)
     if not records:
         raise EdgeguardError(f"no audit record for {escape(args.file)} in {ledger}")

@@ -16,8 +16,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from edgeguard import styles
 from edgeguard.config import Config
 from edgeguard.detections import Detections
@@ -26,7 +24,7 @@ from edgeguard.detectors.factory import create_detector, reusable
 from edgeguard.durable import fsync_file
 from edgeguard.errors import Cancelled, EdgeguardError, FileError, InputError
 from edgeguard.frames import Image, Mask
-from edgeguard.masks import Pads, as_heads, rasterize
+from edgeguard.masks import Pads, as_heads, hidden_share, rasterize
 from edgeguard.media import image as image_io
 from edgeguard.media import media_kind
 from edgeguard.media import video as video_io
@@ -69,7 +67,7 @@ class Hidden:
     classes: Counter[str] = field(default_factory=Counter)  # detections per class, on analysed frames
 
     def add_frame(self, mask: Mask) -> None:
-        share = float(np.count_nonzero(mask)) / mask.size if mask.size else 0.0
+        share = hidden_share(mask)
         self.frames += 1
         self.share_sum += share
         self.share_max = max(self.share_max, share)

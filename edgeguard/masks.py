@@ -12,6 +12,11 @@ from edgeguard.frames import Mask
 Pads = npt.NDArray[np.int32]  # pixels to grow each instance by, beside `dilate`
 
 
+def hidden_share(mask: Mask) -> float:
+    """The share of a frame's pixels that `mask` hides (0..1)."""
+    return float(np.count_nonzero(mask)) / mask.size if mask.size else 0.0
+
+
 def rasterize(
     det: Detections,
     width: int,

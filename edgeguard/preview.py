@@ -25,6 +25,7 @@ from edgeguard.durable import fsync_file
 from edgeguard.engine import Engine, Progress
 from edgeguard.errors import FileError, InputError, UsageError
 from edgeguard.frames import Image, Mask
+from edgeguard.masks import hidden_share
 from edgeguard.media import image as image_io
 from edgeguard.media import media_kind
 from edgeguard.media import video as video_io
@@ -145,7 +146,7 @@ class _Shares:
 
     def __call__(self, mask: Mask, _hidden: Detections | None) -> None:
         if self.seen in self.chosen:
-            self.shares[self.seen] = float(np.count_nonzero(mask)) / mask.size
+            self.shares[self.seen] = hidden_share(mask)
         self.seen += 1
 
 

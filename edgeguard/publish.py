@@ -65,9 +65,9 @@ class Sink(ABC):
         """
 
     @abstractmethod
-    def attach(self, address: str, suffix: str, data: bytes) -> None:
-        """Put `data` beside the output at `address` as ADDRESS+`suffix`, whole or not at all (replacing an
-        earlier one). OSError when the sink refuses."""
+    def attach(self, staged: Path, address: str, suffix: str) -> None:
+        """Put the finished file `staged` beside the output at `address` as ADDRESS+`suffix`, replacing an
+        earlier one. OSError when the sink refuses; `staged` is then the caller's to remove."""
 
     @abstractmethod
     def exists(self, address: str) -> bool:
@@ -108,29 +108,17 @@ class LocalFolder(Sink):
     def publish(self, staged: Path, name: str, before: Callable[[str], None]) -> str:
         return str(move_noclobber(staged, self.folder, name, before=lambda dst: before(str(dst))))
 
-    def attach(self, address: str, suffix: str, data: bytes) -> None:
-        target = Path(address + suffix)
-        staged = staging_path(self.folder, target.name)
-        try:
-            with staged.open("xb") as stream:
-                stream.write(data)
-                stream.flush()
-                os.fsync(stream.fileno())
-            os.replace(staged, target)
-        except BaseException:
-            staged.unlink(missing_ok=True)
-            raise
+    def attach(self, staged: Path, address: str, suffix: str) -> None:
+        # Staged in work (the same file system: see paths.work), so nothing half written is ever here.
+        os.replace(staged, address + suffix)
         fsync_dir(self.folder)
 
     def exists(self, address: str) -> bool:
         return Path(address).is_file()
 
     def sha256(self, address: str) -> str:
-        digest = hashlib.sha256()
         with open(address, "rb") as stream:
-            while chunk := stream.read(1 << 20):
-                digest.update(chunk)
-        return digest.hexdigest()
+            return hashlib.file_digest(stream, "sha256").hexdigest()
 
     def describe(self) -> str:
         return str(self.folder)
@@ -138,8 +126,7 @@ class LocalFolder(Sink):
     def recover(self) -> None:
         # A crash during a cross-filesystem publish can leave the hidden copy (perhaps also
         # linked as the output it became); it is only ever a temporary.
-        # An attachment being written is a staging name here.
         for entry in os.scandir(self.folder):
-            if entry.name.startswith(".") and (entry.name.endswith(COPYING_MARK) or is_staging(entry.name)):
-                log.info("removing %s, a copy or attachment a crash interrupted", entry.name)
+            if entry.name.startswith(".") and entry.name.endswith(COPYING_MARK):
+                log.info("removing %s, a copy a crash interrupted", entry.name)
                 Path(entry.path).unlink(missing_ok=True)

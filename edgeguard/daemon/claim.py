@@ -120,11 +120,8 @@ def changes(path: Path, snapshot: Snapshot, digest: str) -> str | None:
 
 def hash_claimed_now(path: Path) -> str:
     """The sha256 of the file as it is now (never through a link)."""
-    h = hashlib.sha256()
     with open(path, "rb", opener=lambda p, f: os.open(p, f | os.O_NOFOLLOW)) as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def open_regular(name: str, dir_fd: int) -> tuple[int, os.stat_result]:

@@ -276,9 +276,7 @@ class Jobs:
             # The address and the audit record are kept before the output appears: a crash right
             # after it must not lead to a second output, nor to an output without its record.
             self.ledger.update(job_id, output=where)
-            done = audit.at(record, where)
-            hashes = record["input"]["sha256"], record["output"]["sha256"]
-            self.ledger.put_audit(job_id, where, *hashes, audit.dumps(done))
+            self._keep_audit(job_id, audit.at(record, where))
 
         try:
             address = self.sink.publish(staged, output_name(name), before=before)
@@ -298,9 +296,14 @@ class Jobs:
     def _attach_audit(self, address: str, record: dict[str, Any]) -> None:
         if not self.cfg.audit.sidecar:
             return
+        # Written in work like the output, so the output folder never holds half of one.
+        staged = staging_path(self.folders.work, Path(address).name + audit.SIDECAR)
         try:
-            self.sink.attach(address, audit.SIDECAR, audit.dumps(record).encode())
+            staged.write_text(audit.dumps(record), encoding="utf-8")
+            fsync_file(staged)
+            self.sink.attach(staged, address, audit.SIDECAR)
         except OSError as exc:  # the output is out and the ledger has the record: not worth a retry
+            staged.unlink(missing_ok=True)
             log.error(
                 "%s: cannot write its audit sidecar: %s (the ledger has the record: edgeguard audit)",
                 Path(address).name,
@@ -351,11 +354,13 @@ class Jobs:
         if text is None:  # published by a version without audit records
             return
         record = audit.with_original(json.loads(text), policy, original)
-        address = record["output"]["path"]
-        self.ledger.put_audit(
-            job_id, address, record["input"]["sha256"], record["output"]["sha256"], audit.dumps(record)
-        )
-        self._attach_audit(address, record)
+        self._keep_audit(job_id, record)
+        self._attach_audit(record["output"]["path"], record)
+
+    def _keep_audit(self, job_id: int, record: dict[str, Any]) -> None:
+        """Keep a record (with its output's address) in the ledger, indexed by both files' hashes."""
+        hashes = record["input"]["sha256"], record["output"]["sha256"]
+        self.ledger.put_audit(job_id, record["output"]["path"], *hashes, audit.dumps(record))
 
     def fail(self, job_id: int, reason: str, stage: str, since: float) -> Ended:
         """Send a job's original to the failed folder with NAME.error.json; `since`: when its attempt began."""

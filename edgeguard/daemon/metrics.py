@@ -27,6 +27,7 @@ FILE = "edgeguard.prom"
 MODE = 0o644
 WRITE_EVERY = 1.0  # seconds: the collector reads on each scrape; more often would only cost writes
 FINAL = ("done", "duplicate", "failed")  # outcomes a file ends in (the rest are setbacks; it comes back)
+PAUSES = ("output", "storage")  # why new files may wait (see the service's main loop)
 SECONDS_BUCKETS = (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800, 3600)
 SHARE_BUCKETS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0)
 
@@ -80,7 +81,7 @@ class Metrics:
         self.started.set(time.time())
         for outcome in FINAL:  # present from the start, so a rate() has a zero to begin from
             self.files.labels(outcome)
-        for reason in ("output", "storage"):
+        for reason in PAUSES:
             self.paused.labels(reason).set(0)
         self.folder: Path | None = None
         self._state: tuple[int, bool, str | None] | None = None
@@ -122,7 +123,7 @@ class Metrics:
             self._dirty = True
             self.queue.set(queue)
             self.busy.set(int(busy))
-            for reason in ("output", "storage"):
+            for reason in PAUSES:
                 self.paused.labels(reason).set(int(paused == reason))
         if self._dirty and now - self._written >= WRITE_EVERY:
             self.write(now)

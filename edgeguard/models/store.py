@@ -9,8 +9,6 @@ from pathlib import Path
 from edgeguard.errors import ConfigError, ModelChecksumError, ModelMissingError, SetupError
 from edgeguard.models.manifest import CHECKSUM_RE, Manifest
 
-_CHUNK = 1 << 20
-
 
 def file_path(manifest: Manifest, role: str, models_dir: Path) -> Path:
     try:
@@ -23,11 +21,9 @@ def file_path(manifest: Manifest, role: str, models_dir: Path) -> Path:
 
 def digest(path: Path, algorithm: str = "sha256") -> str:
     # SHA-1 is what upstream publishes for some files; flag it so FIPS builds still allow it.
-    hasher = hashlib.new(algorithm, usedforsecurity=algorithm != "sha1")
+    secure = algorithm != "sha1"
     with path.open("rb") as stream:
-        while chunk := stream.read(_CHUNK):
-            hasher.update(chunk)
-    return hasher.hexdigest()
+        return hashlib.file_digest(stream, lambda: hashlib.new(algorithm, usedforsecurity=secure)).hexdigest()
 
 
 def checksum_mismatch(path: Path, checksum: str) -> str | None:

@@ -214,6 +214,17 @@ def _jobs(root: Path, engine: Engine, **daemon: object) -> Jobs:
     return Jobs(cfg, folders, Ledger(folders.ledger), Engine(cfg, engine.detector), sink_for(cfg, folders))
 
 
+def _run_until_crash(
+    jobs: Jobs, job_id: int, monkeypatch: pytest.MonkeyPatch, target: object, name: str, crashing: object
+) -> None:
+    """Run a job with `target.name` replaced by `crashing` (which raises Crash), then close its ledger."""
+    with monkeypatch.context() as mp:
+        mp.setattr(target, name, crashing)
+        with pytest.raises(Crash):
+            jobs.run(job_id, threading.Event(), lambda _f: None)
+    jobs.ledger.close()
+
+
 def _drain(jobs: Jobs) -> None:
     never = threading.Event()
     while queued := jobs.queued():
@@ -274,11 +285,7 @@ def test_a_move_cut_short_is_finished_once_by_recovery(
         if calls[0] == CRASH_POINTS[step, point]:
             raise Crash
 
-    monkeypatch.setattr(durable, "fsync_dir", crashing_fsync_dir)
-    with pytest.raises(Crash):
-        jobs.run(job_id, threading.Event(), lambda _f: None)
-    monkeypatch.setattr(durable, "fsync_dir", real_fsync_dir)
-    jobs.ledger.close()
+    _run_until_crash(jobs, job_id, monkeypatch, durable, "fsync_dir", crashing_fsync_dir)
 
     # The next start: recover, then take whatever is queued.
     again = _jobs(tmp_path, engine, originals="quarantine", max_attempts=2)
@@ -334,10 +341,7 @@ def test_a_crash_after_the_output_name_was_found_taken_does_not_adopt_the_other_
             # The race: another a.jpg appears after the name was found free and recorded.
             (f.output / "a.jpg").write_bytes(other)
 
-    monkeypatch.setattr(jobs.ledger, "update", update)
-    with pytest.raises(Crash):
-        jobs.run(job_id, threading.Event(), lambda _f: None)
-    jobs.ledger.close()
+    _run_until_crash(jobs, job_id, monkeypatch, jobs.ledger, "update", update)
 
     again = _jobs(tmp_path, engine, originals="delete")
     again.recover()
@@ -411,11 +415,7 @@ def test_a_job_given_back_under_another_name_is_found_after_a_crash(
         if path == f.work:  # move_noclobber's last fsync: the work name is gone
             raise Crash
 
-    monkeypatch.setattr(durable, "fsync_dir", crash_after_the_move)
-    with pytest.raises(Crash):
-        jobs.run(job_id, threading.Event(), lambda _f: None)
-    monkeypatch.setattr(durable, "fsync_dir", real_fsync_dir)
-    jobs.ledger.close()
+    _run_until_crash(jobs, job_id, monkeypatch, durable, "fsync_dir", crash_after_the_move)
 
     assert (f.incoming / "a.jpg").read_bytes() == b"another upload"
     assert (f.incoming / "a-1.jpg").read_bytes() == city.read_bytes() + b"late bytes"

@@ -72,6 +72,15 @@ def assert_done_once(svc: Service, name: str, *, attempts: int) -> dict[str, Any
     return row
 
 
+def long_file_in_progress(svc: Service, media_dir: Path, tag: str) -> Path:
+    """The running service, working on a long video TAG.mp4 (returned) that it has just begun."""
+    svc.ensure_running()
+    video = long_video(media_dir, tag)
+    svc.drop(video, f"{tag}.mp4")
+    svc.wait_processing(f"{tag}.mp4")
+    return video
+
+
 @pytest.fixture(scope="module")
 def batch(service: Service) -> Batch:
     """`systemctl enable --now edgeguard`, then a video with audio, a photo and a bad file dropped in."""
@@ -201,11 +210,8 @@ def test_reload_rereads_config_and_refuses_a_broken_one(service: Service, tmp_pa
 def test_watchdog_kills_a_hung_daemon_and_the_file_is_done_once(service: Service, media_dir: Path) -> None:
     """SIGSTOP mid-file: the watchdog (5 s, drop-in) aborts the daemon, systemd restarts it, the file is done once."""
     svc = service
-    svc.ensure_running()
-    restarts = int(svc.show("NRestarts"))
-    video = long_video(media_dir, "hang")
-    svc.drop(video, "hang.mp4")
-    svc.wait_processing("hang.mp4")
+    video = long_file_in_progress(svc, media_dir, "hang")
+    restarts = int(svc.show("NRestarts"))  # after the start (a manual start resets it)
     pid = svc.main_pid()
     since = svc.mark()
     svc.c.run(["kill", "-STOP", str(pid)])
@@ -229,11 +235,8 @@ def test_watchdog_kills_a_hung_daemon_and_the_file_is_done_once(service: Service
 def test_stop_mid_file_exits_within_grace_and_the_file_is_done_once_later(service: Service, media_dir: Path) -> None:
     """`systemctl stop` mid-file returns within stop_grace (plus the rollback); the next start finishes it once."""
     svc = service
-    svc.ensure_running()
     grace = float(svc.settings["daemon"]["stop_grace"])
-    video = long_video(media_dir, "stopped")
-    svc.drop(video, "stopped.mp4")
-    svc.wait_processing("stopped.mp4")
+    video = long_file_in_progress(svc, media_dir, "stopped")
     since = svc.mark()
     began = time.monotonic()
     svc.systemctl("stop", UNIT)
@@ -257,11 +260,8 @@ def test_stop_mid_file_exits_within_grace_and_the_file_is_done_once_later(servic
 def test_sigkill_mid_file_restarts_and_loses_nothing(service: Service, media_dir: Path) -> None:
     """`systemctl kill -s KILL` mid-file: Restart=on-failure brings it back; the file is done once, never partial."""
     svc = service
-    svc.ensure_running()
-    restarts = int(svc.show("NRestarts"))
-    video = long_video(media_dir, "killed")
-    svc.drop(video, "killed.mp4")
-    svc.wait_processing("killed.mp4")
+    video = long_file_in_progress(svc, media_dir, "killed")
+    restarts = int(svc.show("NRestarts"))  # after the start (a manual start resets it)
     wait_until(lambda: "killed.mp4 0%" not in svc.status_text(), 30, "some progress on killed.mp4", 0.1)
     before = set(regular_files(svc.folder("output")))
     pid = svc.main_pid()
