@@ -10,7 +10,8 @@ MODEL ?= mask_rcnn_inception_v2_coco
 export EDGEGUARD_SHARED ?= $(abspath ../shared)
 # pocl-opencl-icd and clinfo: the opencl target's tests run on PoCL, found with `clinfo -l`.
 # systemd-container: the service's tests boot a real systemd in a container (tests/e2e/systemd).
-APT_PACKAGES := python3-venv ffmpeg libsystemd-dev pkg-config gcc python3-dev pocl-opencl-icd ocl-icd-libopencl1 clinfo systemd systemd-container
+# age: the tests open sealed originals with Debian's own age, as a reviewer would.
+APT_PACKAGES := python3-venv ffmpeg libsystemd-dev pkg-config gcc python3-dev pocl-opencl-icd ocl-icd-libopencl1 clinfo systemd systemd-container age
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
 .PHONY: deps setup run test lint typecheck unit quick bench clean install

@@ -79,6 +79,16 @@ def build_parser() -> argparse.ArgumentParser:
     au.add_argument("--all", action="store_true", help="every matching record, newest first (default: the newest)")
     _config_args(au)
 
+    us = sub.add_parser("unseal", help="decrypt a sealed original with its reviewer's key (off the gateway)")
+    us.add_argument("sealed", type=Path, metavar="FILE.age")
+    us.add_argument(
+        "-i", "--identity", type=Path, required=True, help="age identity file (edgeguard keygen, age-keygen)"
+    )
+    us.add_argument("-o", "--output", help="where to write it, or - for stdout (default: its original name, here)")
+
+    kg = sub.add_parser("keygen", help="make an age key pair for sealed originals (run it off the gateway)")
+    kg.add_argument("-o", "--output", type=Path, help="identity file to write (default: stdout)")
+
     mo = sub.add_parser("models", help="list or provision models")
     msub = mo.add_subparsers(dest="models_command", required=True, parser_class=_Parser)
     ml = msub.add_parser("list", help="known models and whether their files are here")
@@ -300,7 +310,7 @@ def _folders(cfg: Config) -> Folders:
     """The daemon's folders as a reader sees them (nothing is created)."""
     from edgeguard.daemon.folders import Folders
 
-    return Folders(**{k: Path(v).absolute() for k, v in cfg.paths.model_dump().items()})
+    return Folders(**{k: v.absolute() for k, v in cfg.paths.folders().items()})
 
 
 def _cmd_audit(args: argparse.Namespace) -> int:
@@ -322,6 +332,47 @@ def _cmd_audit(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
+def _cmd_unseal(args: argparse.Namespace) -> int:
+    from edgeguard import seal
+
+    identities = seal.read_identities(args.identity)
+    if args.output == "-":
+        record = seal.read_record(args.sealed)
+        try:
+            with args.sealed.open("rb") as src:
+                checked = seal.unseal(src, sys.stdout.buffer, identities, record)
+        except OSError as exc:
+            raise seal.SealError(f"cannot read {args.sealed}: {exc.strerror or exc}") from exc
+        sys.stdout.buffer.flush()
+        where = "stdout"
+    else:
+        out = Path(args.output) if args.output else seal.default_output(args.sealed)
+        checked = seal.unseal_file(args.sealed, identities, out)
+        where = str(out)
+    check = "matches the hash taken when it was sealed" if checked else "no record beside it to check against"
+    print(f"edgeguard: unsealed {args.sealed} to {where}; {check}", file=sys.stderr)
+    return ExitCode.OK
+
+
+def _cmd_keygen(args: argparse.Namespace) -> int:
+    from edgeguard import seal
+
+    pair = seal.keygen()
+    if args.output is None:
+        print(pair.file_text(), end="")
+    else:
+        seal.write_identity(pair, args.output)
+        print(pair.recipient)
+    where = f"{args.output} (mode 0600)" if args.output else "stdout"
+    print(
+        f"edgeguard: identity written to {where}: keep it off the gateway.\n"
+        f"edgeguard: public key (for seal.recipients): {pair.recipient}\n"
+        f"edgeguard: fingerprint: {seal.fingerprint(pair.recipient)}",
+        file=sys.stderr,
+    )
+    return ExitCode.OK
+
+
 _COMMANDS = {
     "run": _cmd_run,
     "status": _cmd_status,
@@ -331,6 +382,8 @@ _COMMANDS = {
     "check-config": _cmd_check_config,
     "doctor": _cmd_doctor,
     "models": _cmd_models,
+    "unseal": _cmd_unseal,
+    "keygen": _cmd_keygen,
 }
 
 

@@ -7,15 +7,18 @@ can go straight to the line.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal, Self, TypeVar
+from typing import Annotated, Any, ClassVar, Literal, Self, TypeVar
 
 import yaml
 from pydantic import (
+    AfterValidator,
+    BeforeValidator,
     ConfigDict,
     Field,
     ModelWrapValidatorHandler,
+    PlainSerializer,
     ValidationError,
     field_validator,
     model_validator,
@@ -26,6 +29,7 @@ from edgeguard import env, styles, yamlfile
 from edgeguard.detectors import registry
 from edgeguard.errors import ConfigError
 from edgeguard.media.kinds import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
+from edgeguard.seal import read_recipients
 from edgeguard.settings import DetectorSettings, PluginOptions, ProtectSettings, Section
 from edgeguard.validation import message, problem, raised, reraised
 
@@ -157,6 +161,50 @@ class ModelsConfig(Section):
     manifests: list[Path] = Field(default_factory=list)
 
 
+def _octal(value: object) -> object:
+    """A mode as YAML gives it: 0640 (YAML's octal, an int) or a string "0640" / "0o640"."""
+    if isinstance(value, str):
+        try:
+            return int(value.strip().lower().removeprefix("0o"), 8)
+        except ValueError:
+            raise ValueError(f"{value!r} is not an octal mode such as 0640") from None
+    return value
+
+
+def _permission(kind: str, owner: int) -> Callable[[int], int]:
+    def check(value: int) -> int:
+        if not 0 <= value <= 0o777:
+            # 640 without its leading 0 is YAML's decimal 640 (0o1200): almost surely a slip.
+            raise ValueError(f"{value} is not a permission mode: write it in octal with a leading 0, e.g. 0640")
+        if value & owner != owner:
+            raise ValueError(f"{value:04o} must give the daemon's own user {owner:04o} on its {kind}")
+        if value & 0o002:
+            raise ValueError(f"{value:04o} lets every user write the daemon's {kind}")
+        return value
+
+    return check
+
+
+def _as_octal(value: int) -> str:
+    return f"{value:04o}"
+
+
+FileMode = Annotated[
+    int, BeforeValidator(_octal), AfterValidator(_permission("files", 0o600)), PlainSerializer(_as_octal)
+]
+FolderMode = Annotated[
+    int, BeforeValidator(_octal), AfterValidator(_permission("folders", 0o700)), PlainSerializer(_as_octal)
+]
+
+
+class ModesConfig(Section):
+    # Modes of every file and folder the daemon creates (outputs, sealed originals, records, the
+    # ledger; originals it keeps, where it owns them), whatever its umask. Octal, with the leading 0.
+    # work and state are always 0700: they hold originals in the clear and the ledger.
+    files: FileMode = 0o640
+    folders: FolderMode = 0o750
+
+
 class PathsConfig(Section):
     incoming: Path = Path("nextbatchRun")
     output: Path = Path("output")
@@ -168,6 +216,24 @@ class PathsConfig(Section):
     work: Path = Path("work")
     # Folder of the SQLite ledger.
     state: Path = Path("state")
+    # Sealed originals (daemon.originals: seal): NAME.age and its record NAME.age.json.
+    sealed: Path = Path("sealed")
+    mode: ModesConfig = ModesConfig()
+
+    FOLDERS: ClassVar[tuple[str, ...]] = (
+        "incoming",
+        "output",
+        "quarantine",
+        "failed",
+        "processed",
+        "work",
+        "state",
+        "sealed",
+    )
+
+    def folders(self) -> dict[str, Path]:
+        """Every folder key and its path (`mode` is not a folder)."""
+        return {key: getattr(self, key) for key in self.FOLDERS}
 
 
 # From the one list of media extensions, so the daemon takes every file `edgeguard protect` does.
@@ -189,8 +255,12 @@ class WatchConfig(Section):
 
 
 class DaemonConfig(Section):
-    # What becomes of an original once its protected output is durable.
-    originals: Literal["delete", "quarantine", "keep"] = "delete"
+    # What becomes of an original once its protected output is durable: delete | quarantine
+    # (moved to paths.quarantine) | keep (moved to paths.processed) | seal (encrypted to the
+    # seal.recipients into paths.sealed; the plaintext is deleted once the sealed file is durable).
+    originals: Literal["delete", "quarantine", "keep", "seal"] = "delete"
+    # Seal the originals of failed files too (NAME.age in paths.failed, beside NAME.age.error.json).
+    seal_failed: bool = False
     # A file that crashed or hung the daemon this many times is sent to failed (poison file).
     max_attempts: Annotated[int, Field(ge=1, le=100)] = 3
     # Per-file time limit in seconds (0 = none).
@@ -220,6 +290,21 @@ class AuditConfig(Section):
     sidecar: bool = False
 
 
+def _recipient_entry(entry: str) -> str:
+    read_recipients([entry])  # ValueError says what is wrong with it
+    return entry
+
+
+class SealConfig(Section):
+    # age X25519 public keys (age1...) of whoever may open sealed originals, or files of them
+    # (one per line, # comments). Only public keys: the gateway can seal, never unseal.
+    recipients: list[Annotated[str, AfterValidator(_recipient_entry)]] = Field(default_factory=list)
+
+    def keys(self) -> list[str]:
+        """The public keys, files read now (a file may have changed since the config was checked)."""
+        return read_recipients(self.recipients)
+
+
 class Config(Section):
     # A factory: the default validates plugin sections, so it needs the plugins importable first.
     detector: DetectorConfig = Field(default_factory=DetectorConfig)
@@ -234,6 +319,17 @@ class Config(Section):
     logging: LoggingConfig = LoggingConfig()
     metrics: MetricsConfig = MetricsConfig()
     audit: AuditConfig = AuditConfig()
+    seal: SealConfig = SealConfig()
+
+    @model_validator(mode="after")
+    def _sealing_has_recipients(self) -> Self:
+        asked = {"originals": self.daemon.originals == "seal", "seal_failed": self.daemon.seal_failed}
+        keys = [key for key, on in asked.items() if on]
+        if keys and not self.seal.recipients:
+            value = getattr(self.daemon, keys[0])
+            why = "sealing needs seal.recipients (age public keys of whoever may open the originals)"
+            raise raised("Config", [problem(("daemon", keys[0]), value, why)])
+        return self
 
     def models_dir(self) -> Path:
         return env.path(env.MODELS_DIR) or self.models.dir

@@ -1,14 +1,17 @@
 """Durable files: fsync helpers (a rename is only as durable as the file and folder flushed around
-it) and the move that never clobbers."""
+it), the move that never clobbers, and files and folders made with exact modes whatever the umask."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shutil
+import stat
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 COPYING_MARK = ".copying"  # a copy on its way into another filesystem's folder
 
@@ -29,6 +32,56 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def create_new(path: Path, mode: int) -> BinaryIO:
+    """Create `path` for writing (never over an existing file) with exactly `mode`, whatever the umask.
+
+    Created owner-only first: the file is never readable by others for an instant."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        os.fchmod(fd, mode)
+        return os.fdopen(fd, "wb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def write_file(path: Path, data: bytes, mode: int) -> None:
+    """Make `path` hold `data` with `mode`, atomically (a hidden temporary, flushed, renamed over it)."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with create_new(tmp, mode) as stream:
+            stream.write(data)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
+def make_folders(path: Path, mode: int) -> None:
+    """Create `path` and any missing parent, each with exactly `mode`; existing folders are left as they are."""
+    missing = []
+    while not path.exists():
+        missing.append(path)
+        if path.parent == path:
+            break
+        path = path.parent
+    for folder in reversed(missing):
+        try:
+            folder.mkdir()
+        except FileExistsError:  # made meanwhile by someone else: theirs to set
+            continue
+        folder.chmod(mode)
+
+
+def set_mode(path: Path, mode: int) -> None:
+    """Give a file the daemon did not create (an original) `mode`, where the daemon owns it."""
+    with contextlib.suppress(PermissionError):  # another user's upload: its owner decides
+        path.chmod(mode)
+
+
 def candidate_names(name: str) -> list[str]:
     stem, dot, ext = name.rpartition(".")
     if not dot or not stem:
@@ -37,19 +90,30 @@ def candidate_names(name: str) -> list[str]:
     return [name] + [f"{stem}-{i}{sfx}" for i in range(1, 10000)]
 
 
-def move_noclobber(src: Path, folder: Path, name: str, before: Callable[[Path], None] | None = None) -> Path:
+def move_noclobber(
+    src: Path,
+    folder: Path,
+    name: str,
+    before: Callable[[Path], None] | None = None,
+    mode: int | None = None,
+    suffix: str = "",
+) -> Path:
     """Move `src` into `folder` as `name` (or name-1, name-2, ...), never replacing a file.
 
     A hard link is the atomic "create only if absent"; a filesystem without
     hard links, or another filesystem, gets a copy that is fsynced first.
     `before(dst)` is called with the chosen name before anything moves, so the
     caller can record where the file is going (after a crash, `src` may be gone).
+    `mode`: the mode the file gets where it lands (a copy is made with it). `suffix` follows
+    the numbered name (clip-1.mp4.age, not clip.mp4-1.age).
     A move a crash interrupted after the link (`src` still there, and already
     linked under a candidate name) is finished, not made a second time.
     """
+    if mode is not None:
+        set_mode(src, mode)
     src_st = src.lstat()
     for candidate in candidate_names(name):
-        dst = folder / candidate
+        dst = folder / (candidate + suffix)
         try:
             dst_st = dst.lstat()
         except FileNotFoundError:
@@ -72,7 +136,7 @@ def move_noclobber(src: Path, folder: Path, name: str, before: Callable[[Path], 
         except OSError as exc:
             if exc.errno not in (errno.EXDEV, errno.EPERM, errno.ENOTSUP, errno.EMLINK):
                 raise
-            if dst.exists() or not _copy_in(src, dst):
+            if dst.exists() or not _copy_in(src, dst, stat.S_IMODE(src_st.st_mode) if mode is None else mode):
                 continue
         fsync_dir(folder)
         src.unlink()
@@ -81,11 +145,12 @@ def move_noclobber(src: Path, folder: Path, name: str, before: Callable[[Path], 
     raise OSError(errno.EEXIST, f"no free name for {name} in {folder}")
 
 
-def _copy_in(src: Path, dst: Path) -> bool:
+def _copy_in(src: Path, dst: Path, mode: int) -> bool:
     """Copy `src` to `dst` on another filesystem, flushed first; False if `dst` was taken meanwhile."""
     # Unique: a leftover of a crash (still linked to an output) is never written through again.
     tmp = dst.with_name(f".{dst.name}.{uuid.uuid4().hex[:8]}{COPYING_MARK}")
-    shutil.copyfile(src, tmp, follow_symlinks=False)
+    with src.open("rb") as source, create_new(tmp, mode) as copy:
+        shutil.copyfileobj(source, copy, 1 << 20)
     fsync_file(tmp)
     try:
         # The copy sits beside `dst`, so a link is the atomic "create only if absent" again.

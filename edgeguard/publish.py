@@ -86,12 +86,13 @@ class Sink(ABC):
 
 
 class LocalFolder(Sink):
-    """A folder on this machine; outputs appear in it atomically, by hard link."""
+    """A folder on this machine; outputs appear in it atomically, by hard link, with `mode`."""
 
-    def __init__(self, folder: Path, *, min_free: int, output_ratio: float) -> None:
+    def __init__(self, folder: Path, *, min_free: int, output_ratio: float, mode: int = 0o640) -> None:
         self.folder = folder
         self.min_free = min_free
         self.output_ratio = output_ratio
+        self.mode = mode
 
     def problem(self, size: int) -> str | None:
         need = self.min_free + int(size * self.output_ratio)
@@ -106,10 +107,12 @@ class LocalFolder(Sink):
         return None
 
     def publish(self, staged: Path, name: str, before: Callable[[str], None]) -> str:
-        return str(move_noclobber(staged, self.folder, name, before=lambda dst: before(str(dst))))
+        dst = move_noclobber(staged, self.folder, name, before=lambda dst: before(str(dst)), mode=self.mode)
+        return str(dst)
 
     def attach(self, staged: Path, address: str, suffix: str) -> None:
         # Staged in work (the same file system: see paths.work), so nothing half written is ever here.
+        staged.chmod(self.mode)
         os.replace(staged, address + suffix)
         fsync_dir(self.folder)
 

@@ -106,9 +106,15 @@ def at(record: dict[str, Any], address: str) -> dict[str, Any]:
     return {**record, "output": {**record["output"], "name": Path(address).name, "path": address}}
 
 
-def with_original(record: dict[str, Any], policy: str, path: Path | None) -> dict[str, Any]:
-    """`record` with what became of the original: deleted, or moved to `path`."""
-    return {**record, "original": {"policy": policy, "path": str(path) if path is not None else None}}
+def with_original(
+    record: dict[str, Any], policy: str, path: Path | None, sealed_to: list[str] | None = None
+) -> dict[str, Any]:
+    """`record` with what became of the original: deleted, or moved to `path` (sealed to the keys
+    of the fingerprints `sealed_to`)."""
+    original: dict[str, Any] = {"policy": policy, "path": str(path) if path is not None else None}
+    if sealed_to is not None:
+        original["sealed_to"] = sealed_to
+    return {**record, "original": original}
 
 
 def dumps(record: dict[str, Any]) -> str:
@@ -125,6 +131,8 @@ def render(record: dict[str, Any]) -> str:
         if original["policy"] == "delete"
         else f"{original['policy']}: {escape(original['path'] or 'not yet moved (the daemon is finishing it)')}"
     )
+    if original.get("sealed_to"):
+        fate += f" (sealed to {', '.join(original['sealed_to'])})"
     weights = [f"          {role} sha256:{digest}" for role, digest in model["weights_sha256"].items()]
     lines = [
         f"output    {escape(out.get('path') or out['name'])}",

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgeguard.config import PathsConfig
+from edgeguard.durable import make_folders
 from edgeguard.errors import SetupError
 
 log = logging.getLogger(__name__)
@@ -18,6 +19,7 @@ log = logging.getLogger(__name__)
 LEDGER_NAME = "ledger.sqlite3"
 # Only the daemon may write these: what is in them is trusted (no link can be swapped in).
 PRIVATE = ("work", "state")
+PRIVATE_MODE = 0o700
 # A second daemon on any of these would take the same files or the same ledger.
 LOCKED = ("state", "incoming", "work")
 
@@ -31,6 +33,7 @@ class Folders:
     processed: Path
     work: Path
     state: Path
+    sealed: Path
 
     @property
     def ledger(self) -> Path:
@@ -38,8 +41,9 @@ class Folders:
 
 
 def prepare(paths: PathsConfig) -> Folders:
-    """Create the folders, check they are writable and that atomic renames are possible."""
-    given = {k: Path(v).absolute() for k, v in paths.model_dump().items()}
+    """Create the folders (with paths.mode.folders; work and state owner-only), check they are
+    writable and that atomic renames are possible."""
+    given = {k: v.absolute() for k, v in paths.folders().items()}
     # Resolved once: a folder given as a symlink is watched where it points now (inotify
     # does not follow links), and a later change of the link is not followed.
     folders = Folders(**{k: Path(os.path.realpath(v)) for k, v in given.items()})
@@ -49,9 +53,9 @@ def prepare(paths: PathsConfig) -> Folders:
     problems: list[str] = []
     for key, path in vars(folders).items():
         try:
-            path.mkdir(parents=True, exist_ok=True)
+            make_folders(path, paths.mode.folders)
             if key in PRIVATE:
-                path.chmod(0o700)
+                path.chmod(PRIVATE_MODE)
             with tempfile.NamedTemporaryFile(dir=path, prefix=".edgeguard-probe-"):
                 pass
         except OSError as exc:

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgeguard import __version__
+from edgeguard import __version__, seal
 from edgeguard.config import Config
-from edgeguard.daemon import audit
+from edgeguard.daemon import audit, vault
 from edgeguard.daemon import ledger as L
 from edgeguard.daemon.claim import (
     Changed,
@@ -37,9 +37,9 @@ from edgeguard.daemon.claim import (
 )
 from edgeguard.daemon.events import FileReport
 from edgeguard.daemon.folders import Folders
-from edgeguard.durable import fsync_dir, fsync_file, move_noclobber
+from edgeguard.durable import fsync_dir, move_noclobber, write_file
 from edgeguard.engine import Engine, Result
-from edgeguard.errors import Cancelled, EdgeguardError, FileError, InputError
+from edgeguard.errors import Cancelled, EdgeguardError, FileError, InputError, SetupError
 from edgeguard.media import image as image_io
 from edgeguard.media import media_kind
 from edgeguard.media import video as video_io
@@ -60,6 +60,10 @@ class Withdrawn(Exception):
         self.until = until
 
 
+class Stopped(Exception):
+    """The daemon stopped while a job's original was being sealed; the next start finishes it."""
+
+
 @dataclass(frozen=True)
 class Ended:
     """How a job ended: its final ledger state and what it took."""
@@ -71,12 +75,30 @@ class Ended:
 class Jobs:
     """Runs jobs for the daemon; every method is called from the one worker thread."""
 
-    def __init__(self, cfg: Config, folders: Folders, ledger: L.Ledger, engine: Engine, sink: Sink) -> None:
+    def __init__(
+        self,
+        cfg: Config,
+        folders: Folders,
+        ledger: L.Ledger,
+        engine: Engine,
+        sink: Sink,
+        stopping: threading.Event | None = None,
+    ) -> None:
+        """`stopping`: set when the daemon stops; the one thing that interrupts sealing (a time limit
+        does not: the output is out by then, or the file already judged)."""
         self.cfg = cfg
         self.folders = folders
         self.ledger = ledger
         self.engine = engine
         self.sink = sink
+        self.stopping = stopping
+        self.vault: vault.Vault | None = None
+        if cfg.daemon.originals == "seal" or cfg.daemon.seal_failed:
+            try:
+                keys = cfg.seal.keys()
+            except ValueError as exc:  # a recipients file changed since the config was checked
+                raise SetupError(f"seal.recipients: {exc}") from None
+            self.vault = vault.Vault(keys, cfg.paths.mode.files, vault.tag(folders.work))
         # Every name in incoming is resolved against this descriptor, never through a path.
         self.incoming_fd = os.open(folders.incoming, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
 
@@ -299,8 +321,7 @@ class Jobs:
         # Written in work like the output, so the output folder never holds half of one.
         staged = staging_path(self.folders.work, Path(address).name + audit.SIDECAR)
         try:
-            staged.write_text(audit.dumps(record), encoding="utf-8")
-            fsync_file(staged)
+            write_file(staged, audit.dumps(record).encode(), 0o600)  # the sink gives it the output's mode
             self.sink.attach(staged, address, audit.SIDECAR)
         except OSError as exc:  # the output is out and the ledger has the record: not worth a retry
             staged.unlink(missing_ok=True)
@@ -333,17 +354,54 @@ class Jobs:
         if policy == "delete":
             work.unlink(missing_ok=True)
             fsync_dir(work.parent)
+        elif policy == "seal":
+            job = self.ledger.get(job_id)
+            final = self._seal(job_id, work, name, self.folders.sealed, {"output": job.output if job else None})
         else:
             folder = self.folders.quarantine if policy == "quarantine" else self.folders.processed
             if work.exists():
                 final = move_noclobber(
-                    work, folder, name, before=lambda dst: self.ledger.update(job_id, final_path=str(dst))
+                    work,
+                    folder,
+                    name,
+                    before=lambda dst: self.ledger.update(job_id, final_path=str(dst)),
+                    mode=self.cfg.paths.mode.files,
                 )
             else:  # moved before a crash
                 final = self._recorded_final(job_id)
         if state == L.DONE:
             self._complete_audit(job_id, policy, final)
         self.ledger.update(job_id, state=state, final_path=str(final) if final else None)
+
+    def _seal(self, job_id: int, work: Path, name: str, folder: Path, about: dict[str, Any]) -> Path | None:
+        """Seal the original into `folder` (resuming an interrupted sealing), then delete its plaintext."""
+        assert self.vault is not None
+        job = self.ledger.get(job_id)
+        named = Path(job.final_path) if job is not None and job.final_path else None
+        if named is not None and (named.parent != folder or not named.name.endswith(seal.SUFFIX)):
+            named = None  # recorded by another step (a move given back to incoming), not a sealed name
+        try:
+            final = self.vault.seal(
+                job_id,
+                work,
+                name,
+                folder,
+                named=named,
+                before=lambda dst: self.ledger.update(job_id, final_path=str(dst)),
+                about={"job": job_id, "file": name, **about},
+                cancel=self.stopping,
+            )
+        except Cancelled:
+            raise Stopped(name) from None
+        if final is None:
+            log.error("job %d (%s): original missing from the work folder; nothing to seal", job_id, name)
+            return None
+        self.ledger.update(job_id, sealed_to=",".join(self.vault.fingerprints()))
+        # Only now: until the sealed file is durable under its name, the plaintext is the original.
+        work.unlink(missing_ok=True)
+        fsync_dir(work.parent)
+        log.info("%s: original sealed as %s", name, final.name, extra=_fields(name, job_id))
+        return final
 
     def _complete_audit(self, job_id: int, policy: str, original: Path | None) -> None:
         """Say in the output's audit record what became of the original; write the sidecar if configured.
@@ -353,7 +411,8 @@ class Jobs:
         text = self.ledger.audit(job_id)
         if text is None:  # published by a version without audit records
             return
-        record = audit.with_original(json.loads(text), policy, original)
+        sealed_to = self.vault.fingerprints() if policy == "seal" and self.vault is not None else None
+        record = audit.with_original(json.loads(text), policy, original, sealed_to)
         self._keep_audit(job_id, record)
         self._attach_audit(record["output"]["path"], record)
 
@@ -372,12 +431,19 @@ class Jobs:
         job = self.ledger.get(job_id)
         assert job is not None
         self._release_incoming(job_id)
-        if work.exists():
-            final: Path | None = move_noclobber(
+        # Recorded first: after a crash, recovery finishes sending it to failed (not a new attempt).
+        self.ledger.update(job_id, state=L.FAILING, stage=stage, reason=reason)
+        final: Path | None
+        if self.cfg.daemon.seal_failed:
+            about = {"failed": {"stage": stage, "reason": reason}}
+            final = self._seal(job_id, work, job.name, self.folders.failed, about)
+        elif work.exists():
+            final = move_noclobber(
                 work,
                 self.folders.failed,
                 job.name,
-                before=lambda dst: self.ledger.update(job_id, final_path=str(dst), stage=stage, reason=reason),
+                before=lambda dst: self.ledger.update(job_id, final_path=str(dst)),
+                mode=self.cfg.paths.mode.files,
             )
         else:  # moved before a crash, or lost
             final = self._recorded_final(job_id)
@@ -389,15 +455,11 @@ class Jobs:
             "time": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "version": __version__,
             "attempts": job.attempts,
-            "sha256": job.sha256,
+            "sha256": None if self.cfg.daemon.seal_failed else job.sha256,
             "job": job_id,
         }
         err = target.with_name(target.name + ".error.json")
-        tmp = err.with_name(f".{err.name}.tmp")
-        tmp.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-        fsync_file(tmp)
-        os.replace(tmp, err)
-        fsync_dir(err.parent)
+        write_file(err, (json.dumps(report, indent=2) + "\n").encode(), self.cfg.paths.mode.files)
         self.ledger.update(job_id, state=L.FAILED, stage=stage, reason=reason, final_path=str(final) if final else None)
         seconds = time.monotonic() - since if since is not None else None
         log.error(
@@ -411,6 +473,9 @@ class Jobs:
         """Finish or undo what a crash left half done; reconcile ledger and folders."""
         self._finish_releases()  # first: a job's release below must not find its holding name taken
         self.sink.recover()
+        tag = vault.tag(self.folders.work)  # also with sealing now off: it may have been on before a crash
+        for folder in (self.folders.sealed, self.folders.failed):
+            vault.sweep(folder, tag)
         for job in self.ledger.in_states(*L.ACTIVE):
             work = Path(job.work_path)
             if job.state == L.CLAIMING and work.parent != self.folders.work:
@@ -436,6 +501,9 @@ class Jobs:
             elif job.state == L.OUTPUT_DONE:
                 log.info("job %d (%s): output was published before a crash; finishing", job.id, job.name)
                 self._dispose_original(job.id, work, job.name, L.DONE)
+            elif job.state == L.FAILING:
+                log.info("job %d (%s): was being failed before a crash; finishing", job.id, job.name)
+                self._fail(job.id, work, job.reason or "failed before a crash", job.stage or "recover")
             elif job.state == L.PROCESSING and self._published(job):
                 # Linked into the output folder, but the crash came before OUTPUT_DONE was written.
                 log.info("job %d (%s): output was published before a crash; finishing", job.id, job.name)

@@ -7,6 +7,8 @@ whether it happened.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -14,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edgeguard.durable import create_new
 from edgeguard.errors import SetupError
 
 # States, in the order a job goes through them.
@@ -23,10 +26,11 @@ PROCESSING = "processing"  # engine running (an attempt is counted)
 OUTPUT_DONE = "output_done"  # protected output durable in the output folder
 DONE = "done"  # original deleted / quarantined / kept
 DUPLICATE = "duplicate"  # same content as an earlier done job; original handled, no new output
+FAILING = "failing"  # being sent to the failed folder (moved or sealed); stage and reason recorded
 FAILED = "failed"  # original in the failed folder with NAME.error.json
 WITHDRAWN = "withdrawn"  # changed (or looked cut short) while processed: left in incoming, taken again later
 FINAL = (DONE, DUPLICATE, FAILED, WITHDRAWN)
-ACTIVE = (CLAIMING, QUEUED, PROCESSING, OUTPUT_DONE)
+ACTIVE = (CLAIMING, QUEUED, PROCESSING, OUTPUT_DONE, FAILING)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -47,7 +51,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     dev INTEGER,                 -- the claimed inode and what it was at the claim (see claim.Snapshot)
     ino INTEGER,
     mtime_ns INTEGER,
-    ctime_ns INTEGER
+    ctime_ns INTEGER,
+    sealed_to TEXT               -- fingerprints of the keys the original was sealed to, comma-separated
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
 CREATE INDEX IF NOT EXISTS jobs_sha ON jobs(sha256);
@@ -85,6 +90,7 @@ class Job:
     ino: int | None = None
     mtime_ns: int | None = None
     ctime_ns: int | None = None
+    sealed_to: str | None = None
 
 
 class Ledger:
@@ -95,20 +101,26 @@ class Ledger:
     refuses it to any other; every statement commits on its own.
     """
 
-    def __init__(self, path: Path, *, readonly: bool = False) -> None:
+    def __init__(self, path: Path, *, readonly: bool = False, mode: int = 0o640) -> None:
+        """`mode`: of the ledger's files (SQLite gives its -wal and -shm the database's own)."""
         self.path = path
         if readonly:
             self.db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
         else:
             try:
-                self.db = self._open_for_writing(path)
+                self.db = self._open_for_writing(path, mode)
             except (sqlite3.Error, OSError) as exc:
                 raise SetupError(f"paths.state: cannot open the ledger {path}: {exc}") from exc
         self.db.row_factory = sqlite3.Row
 
     @staticmethod
-    def _open_for_writing(path: Path) -> sqlite3.Connection:
+    def _open_for_writing(path: Path, mode: int) -> sqlite3.Connection:
         path.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileExistsError):
+            create_new(path, mode).close()  # an empty file is an empty database; SQLite would use the umask
+        for suffix in ("", "-wal", "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                os.chmod(f"{path}{suffix}", mode)  # a ledger made before paths.mode, or with another
         db = sqlite3.connect(path, timeout=30, isolation_level=None)
         try:
             db.execute("PRAGMA journal_mode=WAL")
@@ -116,9 +128,16 @@ class Ledger:
             db.execute("PRAGMA synchronous=FULL")
             db.executescript(_SCHEMA)
             have = {r[1] for r in db.execute("PRAGMA table_info(jobs)")}
-            for column in ("dev", "ino", "mtime_ns", "ctime_ns"):
-                if column not in have:  # a ledger from before claims recorded the inode
-                    db.execute(f"ALTER TABLE jobs ADD COLUMN {column} INTEGER")
+            # Columns added since the first ledgers: claims' inodes, then sealing.
+            for column, kind in (
+                ("dev", "INTEGER"),
+                ("ino", "INTEGER"),
+                ("mtime_ns", "INTEGER"),
+                ("ctime_ns", "INTEGER"),
+                ("sealed_to", "TEXT"),
+            ):
+                if column not in have:
+                    db.execute(f"ALTER TABLE jobs ADD COLUMN {column} {kind}")
         except BaseException:
             db.close()
             raise
@@ -225,4 +244,15 @@ class Ledger:
 
     def last_failures(self, n: int = 10) -> list[Job]:
         rows = self.db.execute("SELECT * FROM jobs WHERE state = ? ORDER BY updated DESC LIMIT ?", (FAILED, n))
+        return [Job(**dict(r)) for r in rows]
+
+    def last_sealed(self, n: int = 10) -> list[Job]:
+        """The last jobs whose original was sealed, done or failed."""
+        try:
+            rows = self.db.execute(
+                "SELECT * FROM jobs WHERE sealed_to IS NOT NULL AND state IN (?, ?, ?) ORDER BY updated DESC LIMIT ?",
+                (DONE, DUPLICATE, FAILED, n),
+            )
+        except sqlite3.OperationalError:  # a ledger no daemon with sealing has opened yet
+            return []
         return [Job(**dict(r)) for r in rows]

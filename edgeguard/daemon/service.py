@@ -44,7 +44,8 @@ STATUS_EVERY = 1.0  # seconds between progress statuses of one file
 def sink_for(cfg: Config, folders: Folders) -> Sink:
     """Where outputs are published: the output folder (the one sink today)."""
     d = cfg.daemon
-    return LocalFolder(folders.output, min_free=d.min_free_mb << 20, output_ratio=d.output_ratio)
+    mode = cfg.paths.mode.files
+    return LocalFolder(folders.output, min_free=d.min_free_mb << 20, output_ratio=d.output_ratio, mode=mode)
 
 
 @dataclass
@@ -116,6 +117,9 @@ class Service:
     def run(self) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, self._on_signal)
+        # Owner-only until each file is given its paths.mode: what a library creates (the encoder's
+        # output, SQLite's files) is never readable by others for an instant, whatever umask we got.
+        os.umask(0o077)
         setup = self._load()
         worker = Worker(setup, self.events)
         worker.start()
@@ -280,6 +284,7 @@ class Service:
                 self._next_event(min(TICK, max(0.0, deadline - time.monotonic())))
             if current.busy:
                 log.info("stopping: rolling back %s", current.name)
+                worker.stopping.set()
                 worker.cancel.set()
         with contextlib.suppress(queue.Full):  # a worker hung before taking its task: see below
             worker.tasks.put(None, timeout=10)

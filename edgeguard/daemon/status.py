@@ -11,7 +11,7 @@ from edgeguard.daemon.logs import escape
 
 def collect(folders: Folders, failures: int = 10) -> dict[str, Any]:
     if not folders.ledger.exists():
-        return {"ledger": str(folders.ledger), "counts": {}, "in_progress": [], "last_failures": []}
+        return {"ledger": str(folders.ledger), "counts": {}, "in_progress": [], "last_failures": [], "last_sealed": []}
     db = L.Ledger(folders.ledger, readonly=True)
     try:
         return {
@@ -25,9 +25,18 @@ def collect(folders: Folders, failures: int = 10) -> dict[str, Any]:
                 {"job": j.id, "file": j.name, "stage": j.stage, "reason": j.reason, "where": j.final_path}
                 for j in db.last_failures(failures)
             ],
+            # Originals sealed, and to which keys (fingerprints: see `edgeguard keygen`).
+            "last_sealed": [
+                {"job": j.id, "file": j.name, "state": j.state, "where": j.final_path, "sealed_to": _keys(j)}
+                for j in db.last_sealed(failures)
+            ],
         }
     finally:
         db.close()
+
+
+def _keys(job: L.Job) -> list[str]:
+    return job.sealed_to.split(",") if job.sealed_to else []
 
 
 def render(report: dict[str, Any]) -> str:
@@ -40,4 +49,9 @@ def render(report: dict[str, Any]) -> str:
     for f in report["last_failures"]:
         # Names are other users' text: one line each, whatever they hold.
         lines.append(f"failed: job {f['job']} {escape(f['file'])} at {f['stage']}: {escape(f['reason'] or '')}")
+    for s in report.get("last_sealed", []):
+        where = escape(s["where"] or "?")
+        lines.append(
+            f"sealed: job {s['job']} {escape(s['file'])} ({s['state']}) as {where}, to {', '.join(s['sealed_to'])}"
+        )
     return "\n".join(lines)

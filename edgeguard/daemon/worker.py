@@ -22,9 +22,9 @@ from edgeguard.daemon import events as E
 from edgeguard.daemon import ledger as L
 from edgeguard.daemon.claim import Refused
 from edgeguard.daemon.folders import Folders
-from edgeguard.daemon.jobs import Jobs, Withdrawn
+from edgeguard.daemon.jobs import Jobs, Stopped, Withdrawn
 from edgeguard.engine import Engine
-from edgeguard.errors import Cancelled, FileError
+from edgeguard.errors import Cancelled, FileError, SetupError
 from edgeguard.publish import Sink
 
 log = logging.getLogger(__name__)
@@ -54,11 +54,12 @@ class Worker(threading.Thread):
         self.tasks: queue.Queue[Path | Setup | None] = queue.Queue(maxsize=1)
         self.cancel = threading.Event()
         self.timed_out = threading.Event()
+        self.stopping = threading.Event()  # the daemon stops: interrupts even sealing (see Jobs)
         self.ledger_path = setup.folders.ledger
 
     def run(self) -> None:
         try:
-            self.ledger = L.Ledger(self.ledger_path)
+            self.ledger = L.Ledger(self.ledger_path, mode=self.setup.cfg.paths.mode.files)
             self.jobs = self._jobs(self.setup)
             self.jobs.recover()
         except BaseException as exc:  # noqa: BLE001 - reported to the main thread, which exits
@@ -84,11 +85,14 @@ class Worker(threading.Thread):
         except OSError as exc:  # the new incoming folder cannot be opened
             log.error("reload refused, keeping the running config: cannot open %s: %s", setup.folders.incoming, exc)
             return
+        except SetupError as exc:  # a recipients file that changed since the config was checked
+            log.error("reload refused, keeping the running config: %s", exc)
+            return
         self.jobs.close()
         self.setup, self.jobs = setup, jobs
 
     def _jobs(self, setup: Setup) -> Jobs:
-        return Jobs(setup.cfg, setup.folders, self.ledger, setup.engine, setup.sink)
+        return Jobs(setup.cfg, setup.folders, self.ledger, setup.engine, setup.sink, self.stopping)
 
     def _task(self, path: Path) -> None:
         name: str | None = path.name or None
@@ -138,10 +142,17 @@ class Worker(threading.Thread):
         except Withdrawn as exc:
             self.events.put(E.Verdict(exc.name, None, retry=exc.until is None, until=exc.until))
             return job.name, "withdrawn", 0.0, None
+        except Stopped:
+            log.info("%s: stopped while sealing its original; the next start finishes it", job.name)
+            return job.name, "rolled back", 0.0, None
         except Cancelled:
             if self.timed_out.is_set():
                 limit = self.setup.cfg.daemon.file_timeout
-                ended = self.jobs.fail(job_id, f"time limit of {limit:g} s exceeded", "timeout", since)
+                try:
+                    ended = self.jobs.fail(job_id, f"time limit of {limit:g} s exceeded", "timeout", since)
+                except Stopped:
+                    log.info("%s: stopped while sealing its original; the next start finishes it", job.name)
+                    return job.name, "rolled back", 0.0, None
                 return job.name, ended.outcome, 0.0, ended.report
             log.info("%s: rolled back; it stays in the work folder and is taken first next time", job.name)
             return job.name, "rolled back", 0.0, None

@@ -32,7 +32,7 @@ import yaml
 
 from tests.conftest import media
 
-FOLDERS = ("incoming", "output", "quarantine", "failed", "processed", "work", "state")
+FOLDERS = ("incoming", "output", "quarantine", "failed", "processed", "work", "state", "sealed")
 START_TIMEOUT = 60.0  # seconds to READY=1 (model load on a slow, busy CI machine)
 
 
@@ -198,7 +198,7 @@ class Daemon:
     def __init__(self, root: Path, models_dir: Path) -> None:
         self.root = root
         self.models_dir = models_dir
-        self.incoming, self.output, self.quarantine, self.failed, self.processed, self.work, self.state = (
+        self.incoming, self.output, self.quarantine, self.failed, self.processed, self.work, self.state, self.sealed = (
             root / name for name in FOLDERS
         )
         for name in FOLDERS:
@@ -435,7 +435,7 @@ class Daemon:
 
     def wait_idle(self, timeout: float = 60.0, stays: Sequence[str] = ()) -> None:
         """Incoming holds no regular file (but those in `stays`), work is empty, no job is active."""
-        active = {"claiming", "queued", "processing", "output_done"}
+        active = {"claiming", "queued", "processing", "output_done", "failing"}
 
         def idle() -> bool:
             self.assert_alive()

@@ -151,7 +151,7 @@ def test_snapshot_sees_appends_truncation_and_rewrites(tmp_path: Path) -> None:
 
 
 def test_a_second_holder_of_the_folders_is_refused(tmp_path: Path) -> None:
-    paths = PathsConfig.model_validate({k: str(tmp_path / k) for k in PathsConfig.model_fields})
+    paths = PathsConfig.model_validate({k: str(tmp_path / k) for k in PathsConfig.FOLDERS})
     folders = prepare(paths)
     first, second = FolderLocks(), FolderLocks()
     first.hold(folders)
@@ -234,14 +234,14 @@ def test_a_sticky_incoming_folder_not_ours_is_a_setup_error() -> None:
     root = Path(tempfile.mkdtemp(prefix="eg-sticky-"))  # not under pytest's 0700 tmp: nobody must reach it
     try:
         root.chmod(0o755)
-        for name in PathsConfig.model_fields:
+        for name in PathsConfig.FOLDERS:
             (root / name).mkdir()
             if name != "incoming":
                 os.chown(root / name, 65534, 65534)
         (root / "incoming").chmod(0o1777)  # root's, like /tmp: anyone may add, only owners remove
         script = (
             "from edgeguard.config import PathsConfig; from edgeguard.daemon.folders import prepare;"
-            f"prepare(PathsConfig.model_validate({{k: {str(root)!r} + '/' + k for k in PathsConfig.model_fields}}))"
+            f"prepare(PathsConfig.model_validate({{k: {str(root)!r} + '/' + k for k in PathsConfig.FOLDERS}}))"
         )
         done = subprocess.run(
             ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c", script],

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from edgeguard.config import PathsConfig
 from edgeguard.daemon import status
 from edgeguard.daemon.folders import Folders
 from edgeguard.daemon.ledger import (
@@ -160,7 +161,7 @@ def test_only_the_thread_that_opened_the_ledger_may_write_it(db: Ledger) -> None
 
 
 def _folders(root: Path) -> Folders:
-    return Folders(*(root / n for n in ("incoming", "output", "quarantine", "failed", "processed", "work", "state")))
+    return Folders(*(root / n for n in PathsConfig.FOLDERS))
 
 
 def test_status_without_a_ledger(tmp_path: Path) -> None:
@@ -170,6 +171,7 @@ def test_status_without_a_ledger(tmp_path: Path) -> None:
         "counts": {},
         "in_progress": [],
         "last_failures": [],
+        "last_sealed": [],
     }
     assert "no jobs yet" in status.render(report)
     assert not (tmp_path / "state").exists(), "status must not create anything"
