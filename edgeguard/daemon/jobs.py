@@ -435,7 +435,7 @@ class Jobs:
         self.ledger.update(job_id, state=L.FAILING, stage=stage, reason=reason)
         final: Path | None
         if self.cfg.daemon.seal_failed:
-            about = {"failed": {"stage": stage, "reason": reason}}
+            about = {"output": None, "failed": {"stage": stage, "reason": reason}}
             final = self._seal(job_id, work, job.name, self.folders.failed, about)
         elif work.exists():
             final = move_noclobber(
