@@ -7,7 +7,7 @@
 #   /opt/edgeguard/venv                          a venv with this checkout (and the `systemd` extra)
 #   /opt/edgeguard/venv/share/edgeguard/models   the model manifests (models/*.yaml)
 #   /etc/edgeguard/edgeguard.yaml                the config, only if there is none (never overwritten)
-#   /var/lib/edgeguard/{incoming,output,quarantine,failed,processed,work,state,models}
+#   /var/lib/edgeguard/{incoming,output,quarantine,failed,processed,work,state,sealed,models}
 #   /etc/systemd/system/edgeguard.service        the unit (verified with systemd-analyze)
 # and the system user/group `edgeguard`. Safe to run again to upgrade.
 #
@@ -133,7 +133,7 @@ fi
 # setgid bit gives every uploaded file group edgeguard so the daemon can read it.
 install -d -m 0750 "$ROOT$STATE"
 own "$STATE" "$NAME:$NAME" 0750
-for dir in incoming output quarantine failed processed work state models; do
+for dir in incoming output quarantine failed processed work state sealed models; do
 	install -d "$ROOT$STATE/$dir"
 	if [ "$dir" = incoming ]; then mode=2770; else mode=0750; fi
 	own "$STATE/$dir" "$NAME:$NAME" "$mode"
