@@ -163,6 +163,8 @@ class ModelsConfig(Section):
 
 def _octal(value: object) -> object:
     """A mode as YAML gives it: 0640 (YAML's octal, an int) or a string "0640" / "0o640"."""
+    if isinstance(value, bool):
+        raise ValueError(f"{value} is not an octal mode such as 0640")
     if isinstance(value, str):
         try:
             return int(value.strip().lower().removeprefix("0o"), 8)

@@ -92,6 +92,7 @@ class Jobs:
         self.engine = engine
         self.sink = sink
         self.stopping = stopping
+        self._alive: Callable[[], None] | None = None  # while a job runs: "still working" (the watchdog)
         self.vault: vault.Vault | None = None
         if cfg.daemon.originals == "seal" or cfg.daemon.seal_failed:
             try:
@@ -147,7 +148,11 @@ class Jobs:
     def run(self, job_id: int, cancel: threading.Event, progress: Callable[[float], None]) -> Ended:
         """Process one queued job to a final state (Withdrawn if given back, FileError to retry)."""
         since = time.monotonic()
-        outcome, result = self._run(job_id, cancel, progress, since)
+        self._alive = lambda: progress(1.0)
+        try:
+            outcome, result = self._run(job_id, cancel, progress, since)
+        finally:
+            self._alive = None
         return self.ended(job_id, outcome, since, result)
 
     def ended(self, job_id: int, outcome: str, since: float, result: Result | None = None) -> Ended:
@@ -390,6 +395,7 @@ class Jobs:
                 before=lambda dst: self.ledger.update(job_id, final_path=str(dst)),
                 about={"job": job_id, "file": name, **about},
                 cancel=self.stopping,
+                alive=self._alive,
             )
         except Cancelled:
             raise Stopped(name) from None
@@ -421,11 +427,17 @@ class Jobs:
         hashes = record["input"]["sha256"], record["output"]["sha256"]
         self.ledger.put_audit(job_id, record["output"]["path"], *hashes, audit.dumps(record))
 
-    def fail(self, job_id: int, reason: str, stage: str, since: float) -> Ended:
+    def fail(
+        self, job_id: int, reason: str, stage: str, since: float, progress: Callable[[float], None] | None = None
+    ) -> Ended:
         """Send a job's original to the failed folder with NAME.error.json; `since`: when its attempt began."""
         job = self.ledger.get(job_id)
         assert job is not None
-        return self.ended(job_id, self._fail(job_id, Path(job.work_path), reason, stage, since), since)
+        self._alive = None if progress is None else (lambda: progress(1.0))
+        try:
+            return self.ended(job_id, self._fail(job_id, Path(job.work_path), reason, stage, since), since)
+        finally:
+            self._alive = None
 
     def _fail(self, job_id: int, work: Path, reason: str, stage: str, since: float | None = None) -> str:
         job = self.ledger.get(job_id)

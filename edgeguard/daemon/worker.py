@@ -149,7 +149,8 @@ class Worker(threading.Thread):
             if self.timed_out.is_set():
                 limit = self.setup.cfg.daemon.file_timeout
                 try:
-                    ended = self.jobs.fail(job_id, f"time limit of {limit:g} s exceeded", "timeout", since)
+                    reason = f"time limit of {limit:g} s exceeded"
+                    ended = self.jobs.fail(job_id, reason, "timeout", since, self._progress(job.name, job_id))
                 except Stopped:
                     log.info("%s: stopped while sealing its original; the next start finishes it", job.name)
                     return job.name, "rolled back", 0.0, None

@@ -232,6 +232,68 @@ def test_config_is_frozen() -> None:
         cfg.detector.confidence = 0.1  # type: ignore[misc]
 
 
+# ------------------------------------------------------------------ paths.mode
+
+
+@pytest.mark.parametrize("form", ["0{}", '"0{}"', "0o{}", '"0o{}"'], ids=["yaml-octal", "string", "0o", "string-0o"])
+@pytest.mark.parametrize("files", ["640", "600"])
+def test_a_mode_is_read_as_octal_and_dumped_as_octal(form: str, files: str, tmp_path: Path) -> None:
+    text = f"paths:\n  mode:\n    files: {form.format(files)}\n    folders: {form.format('710')}\n"
+    cfg = load_config(write(tmp_path, text))
+    assert (cfg.paths.mode.files, cfg.paths.mode.folders) == (int(files, 8), 0o710)
+    dumped = cfg.model_dump(mode="json")["paths"]["mode"]
+    assert dumped == {"files": f"0{files}", "folders": "0710"}
+    # What is dumped reads back as the same config.
+    assert load_config(write(tmp_path, yaml.safe_dump({"paths": {"mode": dumped}}), "again.yaml")) == cfg
+
+
+def test_the_default_modes_are_dumped_as_octal() -> None:
+    assert dump_defaults()["paths"]["mode"] == {"files": "0640", "folders": "0750"}
+    assert (Config().paths.mode.files, Config().paths.mode.folders) == (0o640, 0o750)
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        # YAML reads 640 as decimal 640 (0o1200): the leading 0 was forgotten.
+        ("files: 640", "paths.mode.files: 640 is not a permission mode: write it in octal with a leading 0, e.g. 0640"),
+        ("folders: 750", "paths.mode.folders: 750 is not a permission mode: write it in octal with a leading 0"),
+        ("files: 0400", "paths.mode.files: 0400 must give the daemon's own user 0600 on its files"),
+        ("folders: 0640", "paths.mode.folders: 0640 must give the daemon's own user 0700 on its folders"),
+        ("folders: 0777", "paths.mode.folders: 0777 lets every user write the daemon's folders"),
+        ("files: 0646", "paths.mode.files: 0646 lets every user write the daemon's files"),
+        ("files: rw-r-----", "paths.mode.files: 'rw-r-----' is not an octal mode such as 0640"),
+        ('files: "0o648"', "paths.mode.files: '0o648' is not an octal mode such as 0640"),
+    ],
+    ids=["decimal-file", "decimal-folder", "owner-r", "owner-rw", "all-write", "others-write", "symbolic", "digit-8"],
+)
+def test_a_bad_mode_is_refused_on_its_line(
+    line: str, message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write(tmp_path, f"paths:\n  mode:\n    {line}\n")
+    code, out, err = cli(capsys, "check-config", "-c", path)
+    assert code == 2
+    assert out == ""
+    (got,) = err.splitlines()
+    assert got.startswith(f"edgeguard: {path}:3: {message}"), got
+
+
+def test_a_bad_mode_given_with_set_names_the_set_key(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = cli(capsys, "check-config", "--set", "paths.mode.files=640", "--set", "paths.mode.folders=0777")
+    assert code == 2
+    assert sorted(err.splitlines()) == [
+        "edgeguard: --set paths.mode.files: 640 is not a permission mode: write it in octal with a leading 0, "
+        "e.g. 0640",
+        "edgeguard: --set paths.mode.folders: 0777 lets every user write the daemon's folders",
+    ]
+
+
+def test_mode_is_not_a_folder_of_the_daemon() -> None:
+    folders = Config().paths.folders()
+    assert "mode" not in folders
+    assert all(isinstance(path, Path) for path in folders.values())
+
+
 # ------------------------------------------------------------------ the shipped file
 
 

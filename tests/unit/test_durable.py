@@ -1,4 +1,5 @@
-"""The daemon's no-clobber move (`edgeguard.durable`, used for the daemon's folders): a file is never replaced.
+"""Durable files (`edgeguard.durable`, used for the daemon's folders): the no-clobber move never
+replaces a file, and what is created gets exactly the mode asked for, whatever the umask.
 
 The copy path is exercised with a folder on another filesystem (/dev/shm, a
 tmpfs), where a hard link is impossible and the file must be copied.
@@ -9,6 +10,7 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -220,3 +222,129 @@ def test_across_filesystems_a_name_taken_during_the_copy_is_not_clobbered(
     dst = move_noclobber(src, other_fs, NAME)
     assert (other_fs / NAME).read_bytes() == b"an upload that got there first"
     assert dst.read_bytes() == PAYLOAD
+
+
+# exact modes whatever the umask: create_new, write_file, make_folders, move_noclobber(mode=...)
+
+
+@pytest.fixture(params=[0o000, 0o077], ids=["umask0000", "umask0077"])
+def umask(request: pytest.FixtureRequest) -> Iterator[int]:
+    """Run the test under this process umask (restored after it)."""
+    old = os.umask(request.param)
+    try:
+        yield request.param
+    finally:
+        os.umask(old)
+
+
+def mode_of(path: Path) -> int:
+    return stat.S_IMODE(path.lstat().st_mode)
+
+
+@pytest.mark.parametrize("mode", [0o640, 0o600, 0o664], ids=lambda mode: f"{mode:04o}")
+def test_create_new_gives_exactly_the_mode(tmp_path: Path, umask: int, mode: int) -> None:
+    path = tmp_path / "record.json"
+    with durable.create_new(path, mode) as stream:
+        assert mode_of(path) == mode  # already while it is written, not only once closed
+        stream.write(PAYLOAD)
+    assert mode_of(path) == mode
+    assert path.read_bytes() == PAYLOAD
+
+
+def test_create_new_never_opens_an_existing_file(tmp_path: Path) -> None:
+    path = make(tmp_path / "record.json", b"someone's")
+    path.chmod(0o644)
+    with pytest.raises(FileExistsError):
+        durable.create_new(path, 0o600)
+    assert path.read_bytes() == b"someone's"
+    assert mode_of(path) == 0o644
+
+
+def test_create_new_never_follows_a_link(tmp_path: Path) -> None:
+    target = tmp_path / "target"
+    (tmp_path / "record.json").symlink_to(target)
+    with pytest.raises(FileExistsError):
+        durable.create_new(tmp_path / "record.json", 0o600)
+    assert not target.exists()
+
+
+def test_write_file_gives_the_mode_and_leaves_no_temporary(tmp_path: Path, umask: int) -> None:
+    path = tmp_path / "clip.mp4.error.json"
+    durable.write_file(path, PAYLOAD, 0o640)
+    assert path.read_bytes() == PAYLOAD
+    assert mode_of(path) == 0o640
+    assert names(tmp_path) == [path.name]
+
+
+def test_write_file_replaces_a_file_atomically_with_the_new_mode(tmp_path: Path) -> None:
+    path = make(tmp_path / "clip.mp4.error.json", b"the old record")
+    path.chmod(0o644)
+    with path.open("rb") as reader:  # someone reading it meanwhile
+        durable.write_file(path, b"the new record", 0o600)
+        # A new file renamed over the old one: the reader still has the whole old record.
+        assert reader.read() == b"the old record"
+    assert path.read_bytes() == b"the new record"
+    assert mode_of(path) == 0o600
+    assert names(tmp_path) == [path.name]
+
+
+def test_write_file_that_fails_leaves_the_old_file_and_no_temporary(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = make(tmp_path / "clip.mp4.error.json", b"the old record")
+
+    def full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)  # the disk fills while the record is flushed
+    with pytest.raises(OSError, match="No space"):
+        durable.write_file(path, b"the new record", 0o640)
+    assert path.read_bytes() == b"the old record"
+    assert names(tmp_path) == [path.name]
+
+
+def test_make_folders_makes_every_missing_parent_with_the_mode(tmp_path: Path, umask: int) -> None:
+    tmp_path.chmod(0o711)
+    top = tmp_path / "srv"
+    durable.make_folders(top / "edgeguard" / "output", 0o750)
+    for folder in (top, top / "edgeguard", top / "edgeguard" / "output"):
+        assert folder.is_dir() and mode_of(folder) == 0o750, folder
+    assert mode_of(tmp_path) == 0o711  # the parent that was there is not the daemon's
+
+
+def test_make_folders_leaves_existing_folders_as_the_operator_made_them(tmp_path: Path) -> None:
+    srv = tmp_path / "srv"
+    srv.mkdir()
+    srv.chmod(0o775)
+    durable.make_folders(srv / "output", 0o750)
+    assert mode_of(srv) == 0o775
+    assert mode_of(srv / "output") == 0o750
+    (srv / "output").chmod(0o755)
+    durable.make_folders(srv / "output", 0o700)  # already there: nothing changes
+    assert mode_of(srv / "output") == 0o755
+
+
+def test_move_gives_the_moved_file_the_mode(src: Path, folder: Path, umask: int) -> None:
+    src.chmod(0o666)
+    dst = move_noclobber(src, folder, NAME, mode=0o640)
+    assert dst == folder / NAME and dst.read_bytes() == PAYLOAD
+    assert mode_of(dst) == 0o640
+
+
+def test_move_without_a_mode_keeps_the_file_s_own(src: Path, folder: Path) -> None:
+    src.chmod(0o604)
+    assert mode_of(move_noclobber(src, folder, NAME)) == 0o604
+
+
+def test_move_across_filesystems_makes_the_copy_with_the_mode(src: Path, other_fs: Path, umask: int) -> None:
+    src.chmod(0o666)
+    dst = move_noclobber(src, other_fs, NAME, mode=0o640)
+    assert dst.stat().st_dev != src.parent.stat().st_dev  # really a copy
+    assert dst.read_bytes() == PAYLOAD
+    assert mode_of(dst) == 0o640
+    assert names(other_fs) == [NAME]
+
+
+def test_move_across_filesystems_without_a_mode_copies_the_file_s_own(src: Path, other_fs: Path, umask: int) -> None:
+    src.chmod(0o644)
+    assert mode_of(move_noclobber(src, other_fs, NAME)) == 0o644

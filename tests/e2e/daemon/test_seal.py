@@ -7,6 +7,7 @@ with `edgeguard unseal`; the gateway's folders are searched for any plaintext le
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import random
@@ -16,6 +17,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import pytest
 
@@ -256,6 +258,22 @@ def peak_rss_mb(pid: int) -> float:
     raise AssertionError("no VmHWM in /proc/PID/status")
 
 
+def big_file(path: Path, size: int) -> str:
+    """A file of `size` bytes that is not media (random bytes, then zeros: sparse, quick to make); its sha256."""
+    with path.open("wb") as out:
+        out.write(random.Random(size).randbytes(1 << 20))
+        out.truncate(size)
+    return stream_sha256(path.open("rb"))
+
+
+def stream_sha256(stream: BinaryIO) -> str:
+    digest = hashlib.sha256()
+    with stream:
+        while chunk := stream.read(8 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 @pytest.mark.slow  # ~40 s: 2 GiB hashed, sealed, then decrypted again to check it
 def test_a_2gb_failed_file_is_sealed_with_the_daemon_under_200_mb(daemon: Daemon, key: Key, tmp_path: Path) -> None:
     d = daemon
@@ -264,15 +282,9 @@ def test_a_2gb_failed_file_is_sealed_with_the_daemon_under_200_mb(daemon: Daemon
         seal={"recipients": [key.recipient]},
     )
     big = tmp_path / "huge.mp4"
-    head = random.Random(3).randbytes(1 << 20)
-    with big.open("wb") as out:  # not a video: random bytes, then zeros (sparse, so quick to make)
-        out.write(head)
-        out.truncate(2 << 30)
-    expected = hashlib.sha256()
-    with big.open("rb") as src:
-        while chunk := src.read(8 << 20):
-            expected.update(chunk)
-    d.start()
+    expected = big_file(big, 2 << 30)
+    watchdog = 2.0  # seconds: sealing takes several; it must keep the watchdog fed all along
+    mark = d.start(watchdog_usec=int(watchdog * 1e6))
     os.rename(big, d.incoming / big.name)
     d.wait_states({"failed": 1}, timeout=600)
     d.wait_idle()
@@ -280,15 +292,51 @@ def test_a_2gb_failed_file_is_sealed_with_the_daemon_under_200_mb(daemon: Daemon
     peak = peak_rss_mb(d.proc.pid)
     print(f"daemon peak memory while sealing 2 GiB: {peak:.0f} MB")
     assert peak < 200, f"the daemon peaked at {peak:.0f} MB"
+    pings = [at for at, k, v in d.fields(mark) if k == "WATCHDOG" and v == "1"]
+    gaps = [b - a for a, b in itertools.pairwise(pings)]
+    assert pings and max(gaps) < watchdog, f"the watchdog went unfed for {max(gaps):.1f} s while sealing"
     assert names(d.failed) == ["huge.mp4.age", "huge.mp4.age.error.json", "huge.mp4.age.json"]
     sealed_file = d.failed / "huge.mp4.age"
     assert 2 << 30 < sealed_file.stat().st_size < (2 << 30) + (1 << 20)
     # Decrypted by Debian's age, streamed into the hash (2 GiB never held in memory here either).
+    assert age_sha256(key, sealed_file) == expected
+    assert d.terminate(timeout=30) == 0
+
+
+def age_sha256(key: Key, sealed_file: Path) -> str:
     with subprocess.Popen(["age", "-d", "-i", str(key.identity), str(sealed_file)], stdout=subprocess.PIPE) as age:
         assert age.stdout is not None
-        got = hashlib.sha256()
-        while chunk := age.stdout.read(8 << 20):
-            got.update(chunk)
+        digest = stream_sha256(age.stdout)
     assert age.returncode == 0
-    assert got.hexdigest() == expected.hexdigest()
+    return digest
+
+
+@pytest.mark.slow  # ~25 s: 1 GiB sealed twice over
+def test_a_stop_mid_sealing_rolls_it_back_and_the_next_start_finishes_it(
+    daemon: Daemon, key: Key, tmp_path: Path
+) -> None:
+    d = daemon
+    d.configure(
+        daemon={"seal_failed": True, "output_ratio": 0.01, "stop_grace": 0.2},
+        seal={"recipients": [key.recipient]},
+    )
+    big = tmp_path / "big.mp4"
+    expected = big_file(big, 1 << 30)  # several seconds of sealing: far past the grace
+    d.start()
+    os.rename(big, d.incoming / big.name)
+    wait_until(lambda: pending(d.failed), 120, "sealing to begin", 0.01, d.log_tail)
+    assert d.terminate(timeout=30) == 0
+    assert "stopped while sealing its original" in d.log()
+    # Rolled back: the plaintext still in work, nothing half written left, the job still failing.
+    assert [n for n in names(d.failed) if not n.startswith(".")] == []
+    assert [n for n in names(d.failed) if n.endswith(".sealing")] == []
+    [job] = d.jobs()
+    assert job["state"] == "failing"
+    assert stream_sha256((d.work / Path(job["work_path"]).name).open("rb")) == expected
+    d.start()
+    d.wait_states({"failed": 1}, timeout=300)
+    d.wait_idle()
+    assert names(d.failed) == ["big.mp4.age", "big.mp4.age.error.json", "big.mp4.age.json"]
+    assert age_sha256(key, d.failed / "big.mp4.age") == expected
+    assert "was being failed before a crash; finishing" in d.log()
     assert d.terminate(timeout=30) == 0
