@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -205,6 +206,52 @@ def test_reload_rereads_config_and_refuses_a_broken_one(service: Service, tmp_pa
         svc.wait_message("configuration reloaded", since)
     assert svc.main_pid() == pid
     assert svc.show("NRestarts") == "0"
+
+
+def test_originals_are_sealed_under_the_sandbox_and_open_off_the_gateway(service: Service, tmp_path: Path) -> None:
+    """`seal` and `seal_failed` under the full sandbox; the key pair is made outside the container (the
+    gateway only ever gets the public key) and Debian's age opens the sealed files there."""
+    svc = service
+    svc.ensure_running()
+    pid = svc.main_pid()
+    identity = tmp_path / "reviewer.key"
+    subprocess.run(["age-keygen", "-o", str(identity)], check=True, capture_output=True)
+    recipient = subprocess.run(["age-keygen", "-y", str(identity)], check=True, capture_output=True, text=True)
+    good = copy.deepcopy(svc.settings)
+    photo = tagged_jpeg(media("city.jpg"), tmp_path / "sealed.jpg", "sealed under systemd")
+    bad = tmp_path / "sealed-bad.mp4"
+    bad.write_bytes(os.urandom(64 << 10))
+    try:
+        since = svc.mark()
+        svc.configure(
+            daemon={"originals": "seal", "seal_failed": True}, seal={"recipients": [recipient.stdout.strip()]}
+        )
+        svc.systemctl("reload", UNIT)
+        svc.wait_message("configuration reloaded", since)
+        svc.drop(photo, photo.name)
+        svc.drop(bad, bad.name)
+        assert svc.wait_final(photo.name)["state"] == "done"
+        assert svc.wait_final(bad.name)["state"] == "failed"
+    finally:
+        since = svc.mark()
+        svc.settings = {}
+        svc.configure(**good)
+        svc.systemctl("reload", UNIT)
+        svc.wait_message("configuration reloaded", since)
+    for original, sealed_file in (
+        (photo, svc.folder("sealed") / "sealed.jpg.age"),
+        (bad, svc.folder("failed") / "sealed-bad.mp4.age"),
+    ):
+        opened = subprocess.run(["age", "-d", "-i", str(identity), str(sealed_file)], capture_output=True, check=True)
+        assert opened.stdout == original.read_bytes(), sealed_file
+        for path in (sealed_file, sealed_file.with_name(sealed_file.name + ".json")):
+            assert oct(path.stat().st_mode & 0o777) == oct(0o640), path
+    assert "sealed-bad.mp4.age.error.json" in regular_files(svc.folder("failed"))
+    assert "sealed.jpg" in regular_files(svc.folder("output"))
+    status = svc.c.run([f"{VENV}/bin/edgeguard", "status", "--json", "-c", CONFIG], user="edgeguard", cwd=STATE)
+    sealed = {s["file"]: s for s in json.loads(status.stdout)["last_sealed"]}
+    assert sealed[photo.name]["where"] == f"{STATE}/sealed/sealed.jpg.age" and sealed[photo.name]["sealed_to"]
+    assert svc.main_pid() == pid and svc.show("NRestarts") == "0"
 
 
 def test_watchdog_kills_a_hung_daemon_and_the_file_is_done_once(service: Service, media_dir: Path) -> None:
