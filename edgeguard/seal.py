@@ -52,8 +52,8 @@ def read_recipients(entries: Sequence[str]) -> list[str]:
     keys: list[str] = []
     for entry in entries:
         text = entry.strip()
-        if text.startswith((RECIPIENT_PREFIX, IDENTITY_PREFIX)):
-            keys.append(_recipient(text, text))
+        if text.startswith(RECIPIENT_PREFIX) or _secret(text):
+            keys.append(_recipient(text, f"{text[:16]}..." if _secret(text) else text))  # never echo a secret
             continue
         path = Path(text).expanduser()
         try:
@@ -68,8 +68,13 @@ def read_recipients(entries: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(keys))
 
 
+def _secret(key: str) -> bool:
+    """Whether `key` is an age identity (age reads one in either case)."""
+    return key.upper().startswith(IDENTITY_PREFIX)
+
+
 def _recipient(key: str, where: str) -> str:
-    if key.startswith(IDENTITY_PREFIX):
+    if _secret(key):
         raise ValueError(f"{where} is a private key: the gateway must only ever hold public keys (age1...)")
     try:
         x25519.Recipient.from_str(key)

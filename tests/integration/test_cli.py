@@ -1,19 +1,26 @@
-"""The `edgeguard` CLI in-process: bad inputs, usage errors, --json, doctor, models."""
+"""The `edgeguard` CLI in-process: bad inputs, usage errors, --json, doctor, models, keygen and unseal."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import os
 import re
 import shutil
+import stat
 import struct
+import subprocess
 import zlib
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import pytest
 
-from edgeguard import dnn_target
+from edgeguard import dnn_target, seal
+from edgeguard.cli import main
 from tests.conftest import CANDIDATES, media, need
 from tests.support.cli import SUMMARY_KEYS, YOLOX, cli, drop_cli_logging, error_lines, ffmpeg
 
@@ -445,6 +452,185 @@ def test_unknown_model_name(capsys: pytest.CaptureFixture[str], tmp_path: Path) 
     assert code == 2
     (line,) = error_lines(err)
     assert "unknown model 'yolo9000'" in line and "yolox_nano" in line
+
+
+# ------------------------------------------------------------------ keygen / unseal
+
+
+@pytest.fixture(scope="module")
+def age() -> str:
+    exe = shutil.which("age")
+    if exe is None:
+        pytest.fail("Debian's age is not installed (make deps installs it)")
+    return exe
+
+
+@contextlib.contextmanager
+def umask(mask: int) -> Iterator[None]:
+    old = os.umask(mask)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+def test_keygen_writes_an_identity_debian_age_uses(
+    age: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    key = tmp_path / "reviewer.key"
+    with umask(0):  # owner-only whatever the umask
+        code, out, err = cli(capsys, "keygen", "-o", key)
+    assert code == 0, err
+    recipient = out.strip()
+    assert out == f"{recipient}\n" and recipient.startswith("age1"), "stdout: the public key alone"
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    assert f"public key: {recipient}" in key.read_text(encoding="utf-8")
+    assert "AGE-SECRET-KEY-1" not in out + err, "the secret stays in the file"
+    assert f"fingerprint: {seal.fingerprint(recipient)}" in err
+    # Debian's age encrypts to the printed key and decrypts with the file.
+    sealed = subprocess.run([age, "-r", recipient], input=b"for the reviewer", capture_output=True, check=True)
+    opened = subprocess.run([age, "-d", "-i", str(key)], input=sealed.stdout, capture_output=True, check=False)
+    assert opened.returncode == 0, opened.stderr.decode()
+    assert opened.stdout == b"for the reviewer"
+
+    before = key.read_bytes()
+    code, out, err = cli(capsys, "keygen", "-o", key)
+    assert code == 2 and out == ""
+    assert error_lines(err) == [f"edgeguard: {key} exists; not overwritten"]
+    assert key.read_bytes() == before
+
+
+def test_keygen_without_output_prints_the_identity_file(
+    age: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = cli(capsys, "keygen")
+    assert code == 0, err
+    (recipient,) = [line.rsplit(" ", 1)[1] for line in err.splitlines() if "public key (for seal.recipients)" in line]
+    key = tmp_path / "key.txt"
+    key.write_text(out, encoding="utf-8")
+    sealed = subprocess.run([age, "-r", recipient], input=b"for the reviewer", capture_output=True, check=True)
+    opened = subprocess.run([age, "-d", "-i", str(key)], input=sealed.stdout, capture_output=True, check=False)
+    assert opened.returncode == 0, opened.stderr.decode()
+    assert opened.stdout == b"for the reviewer"
+
+
+@dataclass(frozen=True)
+class Sealed:
+    original: bytes
+    path: Path  # NAME.age, its record beside it
+    identity: Path
+
+
+@pytest.fixture
+def sealed(tmp_path: Path) -> Sealed:
+    """A clip sealed as the daemon seals it (NAME.age and NAME.age.json), and its reviewer's identity file."""
+    pair = seal.keygen()
+    identity = tmp_path / "reviewer.key"
+    seal.write_identity(pair, identity)
+    original = os.urandom(300_000)
+    folder = tmp_path / "sealed"
+    folder.mkdir()
+    path = folder / "clip.mp4.age"
+    with path.open("wb") as dst:
+        made = seal.seal(io.BytesIO(original), dst, [pair.recipient])
+    seal.record_path(path).write_text(json.dumps(made.record(job=1, file="clip.mp4")), encoding="utf-8")
+    return Sealed(original, path, identity)
+
+
+def test_unseal_writes_the_original_owner_only(
+    sealed: Sealed, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "back.mp4"
+    with umask(0):
+        code, stdout, err = cli(capsys, "unseal", sealed.path, "-i", sealed.identity, "-o", out)
+    assert code == 0, err
+    assert stdout == ""
+    assert out.read_bytes() == sealed.original
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600
+    assert "matches the hash taken when it was sealed" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["back.mp4", "reviewer.key", "sealed"], "no temporary left"
+
+
+def test_unseal_writes_beside_here_under_the_original_name(
+    sealed: Sealed, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    code, _, err = cli(capsys, "unseal", sealed.path, "-i", sealed.identity)
+    assert code == 0, err
+    assert (here / "clip.mp4").read_bytes() == sealed.original
+
+
+def test_unseal_never_overwrites(sealed: Sealed, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "back.mp4"
+    out.write_bytes(b"someone's file")
+    code, stdout, err = cli(capsys, "unseal", sealed.path, "-i", sealed.identity, "-o", out)
+    assert code == 2 and stdout == ""
+    (line,) = error_lines(err)
+    assert f"{out} exists; not overwritten" in line
+    assert out.read_bytes() == b"someone's file"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["back.mp4", "reviewer.key", "sealed"], "no temporary left"
+
+
+def test_unseal_to_stdout(sealed: Sealed, capsysbinary: pytest.CaptureFixture[bytes]) -> None:
+    capsysbinary.readouterr()
+    try:
+        code = main(["unseal", str(sealed.path), "-i", str(sealed.identity), "-o", "-"])
+    finally:
+        drop_cli_logging()
+    out, err = capsysbinary.readouterr()
+    assert code == 0, err
+    assert out == sealed.original
+    assert b"to stdout; matches the hash taken when it was sealed" in err
+
+
+def test_unseal_with_a_wrong_identity_is_one_line(
+    sealed: Sealed, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    stranger = tmp_path / "stranger.key"
+    seal.write_identity(seal.keygen(), stranger)
+    out = tmp_path / "back.mp4"
+    for record in (True, False):  # checked against the record first; without one, age itself refuses
+        if not record:
+            seal.record_path(sealed.path).unlink()
+        code, stdout, err = cli(capsys, "unseal", sealed.path, "-i", stranger, "-o", out)
+        assert code == 1 and stdout == ""
+        assert len(err.strip().splitlines()) == 1, err
+        assert err.startswith("edgeguard: ") and "cannot" in err
+        assert not out.exists()
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["reviewer.key", "sealed", "stranger.key"]
+
+
+def test_check_config_refuses_sealing_without_good_recipients(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "edgeguard.yaml"
+    config.write_text("daemon:\n  originals: seal\n", encoding="utf-8")
+    code, _, err = cli(capsys, "check-config", "-c", config)
+    assert code == 2
+    (line,) = error_lines(err)
+    assert line.startswith(f"edgeguard: {config}:2: daemon.originals: sealing needs seal.recipients"), line
+
+    code, _, err = cli(capsys, "check-config", "--set", "daemon.seal_failed=true")
+    assert code == 2
+    assert error_lines(err) == [
+        "edgeguard: --set daemon.seal_failed: sealing needs seal.recipients"
+        " (age public keys of whoever may open the originals)"
+    ]
+
+    good = seal.keygen().recipient
+    code, _, err = cli(capsys, "check-config", "--set", f"seal.recipients=[age1nope, {good}]")
+    assert code == 2
+    (line,) = error_lines(err)
+    assert line.startswith("edgeguard: --set seal.recipients.0: age1nope is not a valid age X25519 public key"), line
+
+    secret = seal.keygen().identity
+    code, _, err = cli(capsys, "check-config", "--set", f"seal.recipients=[{good}, {secret}]")
+    assert code == 2
+    (line,) = error_lines(err)
+    assert line.startswith("edgeguard: --set seal.recipients.1: ") and "is a private key" in line, line
+    assert secret.removeprefix("AGE-SECRET-KEY-1")[:8] not in err, "the secret is never printed"
 
 
 @pytest.fixture(autouse=True)

@@ -13,9 +13,11 @@ EDGEGUARD_CRASH_SEED and EDGEGUARD_CRASH_TRIALS change the seed and the number o
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import random
+import stat
 import threading
 import time
 from collections.abc import Iterator
@@ -25,8 +27,10 @@ from pathlib import Path
 import cv2
 import pytest
 
-from edgeguard import durable
-from edgeguard.config import Config
+from edgeguard import durable, seal
+from edgeguard.config import Config, PathsConfig
+from edgeguard.daemon import jobs as jobs_module
+from edgeguard.daemon import vault
 from edgeguard.daemon.folders import prepare
 from edgeguard.daemon.jobs import Jobs
 from edgeguard.daemon.ledger import ACTIVE, Ledger
@@ -207,9 +211,17 @@ def engine(models_dir: Path) -> Iterator[Engine]:
         yield Engine(Config.model_validate({"detector": {"model": "yolox_nano"}}))
 
 
-def _jobs(root: Path, engine: Engine, **daemon: object) -> Jobs:
-    paths = {k: str(root / k) for k in ("incoming", "output", "quarantine", "failed", "processed", "work", "state")}
-    cfg = Config.model_validate({"detector": {"model": "yolox_nano"}, "paths": paths, "daemon": daemon})
+def _jobs(root: Path, engine: Engine, recipients: tuple[str, ...] = (), **daemon: object) -> Jobs:
+    """Jobs on the folders under `root`; `recipients`: seal.recipients, `daemon`: the daemon section."""
+    paths = {k: str(root / k) for k in PathsConfig.FOLDERS}  # every folder under root, none in the cwd
+    cfg = Config.model_validate(
+        {
+            "detector": {"model": "yolox_nano"},
+            "paths": paths,
+            "daemon": daemon,
+            "seal": {"recipients": list(recipients)},
+        }
+    )
     folders = prepare(cfg.paths)
     return Jobs(cfg, folders, Ledger(folders.ledger), Engine(cfg, engine.detector), sink_for(cfg, folders))
 
@@ -425,3 +437,186 @@ def test_a_job_given_back_under_another_name_is_found_after_a_crash(
     again.ledger.close()
     assert job is not None and job.state == "withdrawn", job
     assert job.final_path == str(f.incoming / "a-1.jpg")
+
+
+# ------------------------------------------------------------------ crashes while sealing, in-process
+
+
+@pytest.fixture(scope="module")
+def reviewer() -> seal.KeyPair:
+    return seal.keygen()
+
+
+# Each of sealing's stages (see edgeguard/daemon/vault.py), as the kill finds them: what the
+# original's folder holds then, "T" standing for the job's hidden stem (.TAG-JJJJJJJJ).
+SEAL_CRASH_POINTS = {
+    "encrypted": [".sealing"],  # complete and flushed, its record not written
+    "recorded": [".age.json", ".sealing"],  # the record written, not yet renamed to .sealed
+    "renamed": [".age.json", ".sealed"],
+    "linked": [".age.json", ".sealed", "NAME.age"],  # move_noclobber between its link and its unlink
+    "named": [".age.json", "NAME.age"],  # the record not yet beside it
+    "recorded-beside": ["NAME.age", "NAME.age.json"],  # the plaintext still in work
+    "plaintext-deleted": ["NAME.age", "NAME.age.json"],  # the ledger not yet told
+}
+
+
+class Killer:
+    """Raises Crash at one sealing stage, leaving the disk as SIGKILL would: what an `except
+    BaseException` removes on the way out (vault's cleanup of its .sealing) is put back."""
+
+    def __init__(self, point: str, folder: Path, work: Path, aside: Path) -> None:
+        self.point, self.folder, self.work, self.aside = point, folder, work, aside
+        aside.mkdir()
+
+    def kill(self) -> None:
+        for name in names(self.folder):
+            os.link(self.folder / name, self.aside / name)
+        raise Crash
+
+    def put_back(self) -> None:
+        for name in names(self.aside):
+            if not (self.folder / name).exists():
+                os.rename(self.aside / name, self.folder / name)
+
+    def patch(self) -> tuple[object, str, object]:
+        """What to replace (`target.name`) and with what, for this point."""
+        real_create_new, real_rename, real_replace = durable.create_new, os.rename, os.replace
+        real_fsync_dir = durable.fsync_dir  # also what vault and jobs imported
+
+        def create_new(path: Path, mode: int) -> object:
+            if path.name.endswith(".age.json"):  # the record, after the ciphertext was flushed
+                self.kill()
+            return real_create_new(path, mode)
+
+        def rename(src: str | Path, dst: str | Path, **fds: int | None) -> None:
+            sealed = str(dst).endswith(vault.SEALED)
+            if sealed and self.point == "recorded":
+                self.kill()
+            real_rename(src, dst, **fds)
+            if sealed and self.point == "renamed":
+                self.kill()
+
+        def replace(src: str | Path, dst: str | Path, **fds: int | None) -> None:
+            record = Path(src).name.startswith(".") and str(src).endswith(".age.json")
+            if record and self.point == "named":
+                self.kill()
+            real_replace(src, dst, **fds)
+            if record and self.point == "recorded-beside":
+                self.kill()
+
+        def fsync_dir(path: Path) -> None:
+            real_fsync_dir(path)
+            if path == self.folder:  # move_noclobber's first: NAME.age linked, .sealed not yet unlinked
+                self.kill()
+
+        def jobs_fsync_dir(path: Path) -> None:
+            real_fsync_dir(path)
+            if path == self.work:  # after the plaintext's unlink
+                self.kill()
+
+        return {
+            "encrypted": (vault, "create_new", create_new),
+            "recorded": (os, "rename", rename),
+            "renamed": (os, "rename", rename),
+            "linked": (durable, "fsync_dir", fsync_dir),
+            "named": (os, "replace", replace),
+            "recorded-beside": (os, "replace", replace),
+            "plaintext-deleted": (jobs_module, "fsync_dir", jobs_fsync_dir),
+        }[self.point]
+
+
+def identity_file(pair: seal.KeyPair, folder: Path) -> Path:
+    path = folder / "reviewer.key"
+    seal.write_identity(pair, path)
+    return path
+
+
+@pytest.mark.parametrize("point", list(SEAL_CRASH_POINTS))
+@pytest.mark.parametrize("path", ["done", "failed"])
+def test_a_sealing_cut_short_is_finished_once_by_recovery(
+    tmp_path: Path, engine: Engine, reviewer: seal.KeyPair, monkeypatch: pytest.MonkeyPatch, path: str, point: str
+) -> None:
+    """Killed at each stage of sealing an original (a published photo's into sealed, a bad file's
+    into failed): the next start finishes it, once: one NAME.age that opens to the original."""
+    settings: dict[str, object] = {"originals": "seal"} if path == "done" else {"seal_failed": True}
+    root = tmp_path / "daemon"
+    jobs = _jobs(root, engine, (reviewer.recipient,), **settings)
+    f = jobs.folders
+    folder = f.sealed if path == "done" else f.failed
+    name = "a.jpg" if path == "done" else "x.mp4"
+    original = media("city.jpg").read_bytes() if path == "done" else random.Random(5).randbytes(200_000)
+    (f.incoming / name).write_bytes(original)
+    if path == "failed":  # written long ago: not a video still arriving, failed at once
+        os.utime(f.incoming / name, (time.time() - 3600, time.time() - 3600))
+    job_id = jobs.claim(name)
+    assert job_id is not None
+    stem = f".{vault.tag(f.work)}-{job_id:08d}"
+
+    killer = Killer(point, folder, f.work, tmp_path / "aside")
+    _run_until_crash(jobs, job_id, monkeypatch, *killer.patch())
+    killer.put_back()
+
+    # Killed where it was meant to be: the folder as that stage leaves it, the original in work until the end.
+    want = sorted(n.replace("NAME", name) if n.startswith("NAME") else stem + n for n in SEAL_CRASH_POINTS[point])
+    assert names(folder) == want
+    assert names(f.work) == ([] if point == "plaintext-deleted" else [f"{job_id:08d}-{name}"])
+    again = _jobs(root, engine, (reviewer.recipient,), **settings)
+    job = again.ledger.get(job_id)
+    assert job is not None and job.state == ("output_done" if path == "done" else "failing"), job
+
+    again.recover()
+    _drain(again)
+    job = again.ledger.get(job_id)
+    again.ledger.close()
+
+    sealed_file = folder / f"{name}.age"
+    error = [f"{name}.age.error.json"] if path == "failed" else []
+    assert names(folder) == sorted([f"{name}.age", f"{name}.age.json", *error]), "one, no NAME-1, no temporaries"
+    assert names(f.work) == [], "no plaintext left"
+    other = f.failed if path == "done" else f.sealed
+    assert names(other) == names(f.quarantine) == names(f.processed) == names(f.incoming) == []
+    assert job is not None and job.state == path, job
+    assert job.final_path == str(sealed_file)
+    assert job.sealed_to == seal.fingerprint(reviewer.recipient)
+    for made in (sealed_file, seal.record_path(sealed_file)):
+        assert stat.S_IMODE(made.stat().st_mode) == 0o640, f"{made.name}: paths.mode.files"
+    out = io.BytesIO()
+    with sealed_file.open("rb") as src:
+        identities = seal.read_identities(identity_file(reviewer, tmp_path))
+        assert seal.unseal(src, out, identities, seal.read_record(sealed_file)) is True, "checked against its record"
+    assert out.getvalue() == original
+    record = seal.read_record(sealed_file)
+    assert record is not None and record["job"] == job_id and record["file"] == name
+    if path == "done":
+        assert names(f.output) == ["a.jpg"] and job.attempts == 1, "the output is not made again"
+        assert record["output"] == str(f.output / "a.jpg")
+    else:
+        assert names(f.output) == []
+        report = json.loads((f.failed / f"{name}.age.error.json").read_text(encoding="utf-8"))
+        assert report["file"] == name and report["job"] == job_id and report["stage"] == job.stage
+        assert "sha256" in report and report["sha256"] is None, "a plain hash beside it would name the content"
+        assert record["failed"] == {"stage": job.stage, "reason": job.reason}
+
+
+def test_recovery_removes_only_its_own_sealing_leftovers(
+    tmp_path: Path, engine: Engine, reviewer: seal.KeyPair
+) -> None:
+    """Daemons may share a sealed or failed folder: one's start must not take the other's
+    sealing in progress for its own leftover."""
+    jobs = _jobs(tmp_path / "one", engine, (reviewer.recipient,), originals="seal")
+    f = jobs.folders
+    ours = vault.tag(f.work)
+    theirs = vault.tag(tmp_path)  # another daemon's work folder: another inode
+    assert theirs != ours
+    leftovers = {
+        f.sealed: [f".{ours}-00000001.sealing", f".{theirs}-00000001.sealing", f".{ours}f-00000001.sealing"],
+        f.failed: [f".{ours}-00000002.sealing", f".{theirs}-00000002.sealing"],
+    }
+    kept = [f".{ours}-00000003.sealed", f".{ours}-00000003.age.json", "clip.mp4.sealing"]
+    for folder, made in leftovers.items():
+        for name in made + kept:
+            (folder / name).write_bytes(b"ciphertext")
+    jobs.recover()
+    jobs.ledger.close()
+    assert names(f.sealed) == sorted([f".{theirs}-00000001.sealing", f".{ours}f-00000001.sealing", *kept])
+    assert names(f.failed) == sorted([f".{theirs}-00000002.sealing", *kept])
