@@ -487,7 +487,7 @@ class Jobs:
         self.sink.recover()
         tag = vault.tag(self.folders.work)  # also with sealing now off: it may have been on before a crash
         for folder in (self.folders.sealed, self.folders.failed):
-            vault.sweep(folder, tag)
+            vault.sweep(folder, tag, self._sealing_abandoned)
         for job in self.ledger.in_states(*L.ACTIVE):
             work = Path(job.work_path)
             if job.state == L.CLAIMING and work.parent != self.folders.work:
@@ -534,6 +534,17 @@ class Jobs:
                 self.ledger.update(job.id, state=L.QUEUED, output=None)
                 self.ledger.delete_audit(job.id)  # kept for an output that never appeared
         self._sweep_work()
+
+    def _sealing_abandoned(self, job_id: int) -> bool:
+        """Whether a job's complete, unnamed sealed file is redundant: the job no longer seals (the
+        config changed across a restart) and its plaintext is in work, to be handled by the new policy.
+        Anything else is kept: it may be the only copy of an original."""
+        job = self.ledger.get(job_id)
+        if job is None or job.state not in L.ACTIVE or not Path(job.work_path).exists():
+            return False
+        if job.state == L.FAILING:
+            return not self.cfg.daemon.seal_failed
+        return self.cfg.daemon.originals != "seal"
 
     def _published(self, job: L.Job) -> bool:
         """Whether this job's own output is published: at its recorded address, with the recorded hash.

@@ -118,9 +118,17 @@ def tag(work: Path) -> str:
     return f"{st.st_dev:x}.{st.st_ino:x}"
 
 
-def sweep(folder: Path, tag: str) -> None:
-    """Remove what this daemon's sealing cut short in `folder` (incomplete ciphertext, never anything complete)."""
+def sweep(folder: Path, tag: str, abandoned: Callable[[int], bool]) -> None:
+    """Remove what this daemon's sealing left in `folder` that no redo will finish: incomplete
+    ciphertext always; a complete one and its record only when `abandoned(job)` says its job no
+    longer seals (sealing was turned off) while its plaintext is still there to be handled."""
     for entry in os.scandir(folder):
-        if entry.name.startswith(f".{tag}-") and entry.name.endswith(SEALING):
+        if not entry.name.startswith(f".{tag}-"):
+            continue
+        number = entry.name[len(tag) + 2 :].split(".", 1)[0]
+        if entry.name.endswith(SEALING):
             log.info("removing %s, a sealing a crash interrupted (the original is still in work)", entry.name)
+            Path(entry.path).unlink(missing_ok=True)
+        elif number.isdigit() and abandoned(int(number)):
+            log.info("removing %s: sealing was turned off before its job ended (its original is in work)", entry.name)
             Path(entry.path).unlink(missing_ok=True)

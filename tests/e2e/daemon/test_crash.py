@@ -620,3 +620,29 @@ def test_recovery_removes_only_its_own_sealing_leftovers(
     jobs.ledger.close()
     assert names(f.sealed) == sorted([f".{theirs}-00000001.sealing", f".{ours}f-00000001.sealing", *kept])
     assert names(f.failed) == sorted([f".{theirs}-00000002.sealing", *kept])
+
+
+def test_sealing_turned_off_across_a_crash_leaves_no_orphan(
+    tmp_path: Path, engine: Engine, reviewer: seal.KeyPair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Killed with the original sealed but not yet named; restarted with `originals: quarantine`:
+    the original is quarantined, and the unnamed sealed copy (no job will finish it) is removed."""
+    root = tmp_path / "daemon"
+    jobs = _jobs(root, engine, (reviewer.recipient,), originals="seal")
+    f = jobs.folders
+    original = media("city.jpg").read_bytes()
+    (f.incoming / "a.jpg").write_bytes(original)
+    job_id = jobs.claim("a.jpg")
+    killer = Killer("renamed", f.sealed, f.work, tmp_path / "aside")
+    _run_until_crash(jobs, job_id, monkeypatch, *killer.patch())
+    killer.put_back()
+    assert len(names(f.sealed)) == 2  # .sealed and its record, hidden
+
+    again = _jobs(root, engine, (), originals="quarantine")
+    again.recover()
+    _drain(again)
+    job = again.ledger.get(job_id)
+    again.ledger.close()
+    assert job is not None and job.state == "done" and job.sealed_to is None
+    assert names(f.sealed) == [] and names(f.work) == []
+    assert (f.quarantine / "a.jpg").read_bytes() == original
