@@ -13,6 +13,7 @@ holds an identity can check the HMAC (`edgeguard unseal` does); nobody else can 
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import hashlib
 import hmac
 import io
@@ -53,7 +54,7 @@ def read_recipients(entries: Sequence[str]) -> list[str]:
     for entry in entries:
         text = entry.strip()
         if text.startswith(RECIPIENT_PREFIX) or _secret(text):
-            keys.append(_recipient(text, f"{text[:16]}..." if _secret(text) else text))  # never echo a secret
+            keys.append(_recipient(text, "an AGE-SECRET-KEY-1... entry" if _secret(text) else text))  # never echoed
             continue
         path = Path(text).expanduser()
         try:
@@ -64,13 +65,13 @@ def read_recipients(entries: Sequence[str]) -> list[str]:
         found = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
         if not found:
             raise ValueError(f"{path}: no age public key in it")
-        keys += [_recipient(key, f"{path}: {key[:16]}...") for key in found]
+        keys += [_recipient(key, f"{path}: {'a private key' if _secret(key) else key[:16] + '...'}") for key in found]
     return list(dict.fromkeys(keys))
 
 
 def _secret(key: str) -> bool:
-    """Whether `key` is an age identity (age reads one in either case)."""
-    return key.upper().startswith(IDENTITY_PREFIX)
+    """Whether `key` is (or looks like, typos and quotes included) an age identity, never to be echoed."""
+    return "SECRET-KEY" in key.upper() or "SECRETKEY" in key.upper()
 
 
 def _recipient(key: str, where: str) -> str:
@@ -278,9 +279,16 @@ def unseal_file(sealed: Path, identities: Sequence[x25519.Identity], out: Path) 
             dst.flush()
             os.fsync(dst.fileno())
         try:
-            os.link(tmp, out)
+            os.link(tmp, out)  # the atomic "create only if absent"
         except FileExistsError:
             raise UsageError(f"{out} exists; not overwritten (choose another with -o)") from None
+        except OSError as exc:
+            if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EMLINK):
+                raise
+            # No hard links there (a FAT or exFAT stick, some shares): a rename, after a last look.
+            if out.exists():
+                raise UsageError(f"{out} exists; not overwritten (choose another with -o)") from None
+            os.rename(tmp, out)
     except OSError as exc:
         raise SealError(f"cannot unseal {sealed} to {out}: {exc.strerror or exc}") from exc
     finally:

@@ -20,6 +20,8 @@ LEDGER_NAME = "ledger.sqlite3"
 # Only the daemon may write these: what is in them is trusted (no link can be swapped in).
 PRIVATE = ("work", "state")
 PRIVATE_MODE = 0o700
+# Each of these must be a folder of its own.
+DISTINCT = ("incoming", "output", "work", "state", "sealed")
 # A second daemon on any of these would take the same files or the same ledger.
 LOCKED = ("state", "incoming", "work")
 
@@ -51,6 +53,14 @@ def prepare(paths: PathsConfig) -> Folders:
         if path != given[key] and given[key].is_symlink():
             log.info("paths.%s: %s is a symlink; using %s", key, given[key], path)
     problems: list[str] = []
+    # These hold what no other folder may (uploads, outputs, claims, the ledger, sealed files): one
+    # shared with another would have its files taken for the other's (e.g. sealed files adopted
+    # from work as originals).
+    keys = list(vars(folders))
+    for i, key in enumerate(keys):
+        for other in keys[i + 1 :]:
+            if getattr(folders, key) == getattr(folders, other) and {key, other} & set(DISTINCT):
+                problems.append(f"paths.{key} and paths.{other} are the same folder ({getattr(folders, key)})")
     for key, path in vars(folders).items():
         try:
             make_folders(path, paths.mode.folders)

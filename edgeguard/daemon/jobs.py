@@ -99,7 +99,7 @@ class Jobs:
                 keys = cfg.seal.keys()
             except ValueError as exc:  # a recipients file changed since the config was checked
                 raise SetupError(f"seal.recipients: {exc}") from None
-            self.vault = vault.Vault(keys, cfg.paths.mode.files, vault.tag(folders.work))
+            self.vault = vault.Vault(keys, cfg.paths.mode.files, ledger.id)
         # Every name in incoming is resolved against this descriptor, never through a path.
         self.incoming_fd = os.open(folders.incoming, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
 
@@ -150,10 +150,24 @@ class Jobs:
         since = time.monotonic()
         self._alive = lambda: progress(1.0)
         try:
+            job = self.ledger.get(job_id)
+            if job is not None and job.state in (L.OUTPUT_DONE, L.FAILING):
+                return self.ended(job_id, self._finish(job), since)
             outcome, result = self._run(job_id, cancel, progress, since)
         finally:
             self._alive = None
         return self.ended(job_id, outcome, since, result)
+
+    def _finish(self, job: L.Job) -> str:
+        """End a job whose output is out, or whose failure was decided, before a crash or a stop
+        (or whose original could not be sealed yet): dispose of its original."""
+        work = Path(job.work_path)
+        if job.state == L.OUTPUT_DONE:
+            log.info("job %d (%s): its output is out; disposing of its original", job.id, job.name)
+            self._dispose_original(job.id, work, job.name, L.DONE)
+            return L.DONE
+        log.info("job %d (%s): finishing sending it to failed", job.id, job.name)
+        return self._fail(job.id, work, job.reason or "failed before a crash", job.stage or "recover")
 
     def ended(self, job_id: int, outcome: str, since: float, result: Result | None = None) -> Ended:
         """The report of a job that reached `outcome`, begun at `since` (monotonic)."""
@@ -399,10 +413,21 @@ class Jobs:
             )
         except Cancelled:
             raise Stopped(name) from None
+        except (OSError, seal.SealError) as exc:  # sealed/ full or unwritable, the original unreadable
+            detail = exc.strerror or str(exc) if isinstance(exc, OSError) else str(exc)
+            reason = f"cannot seal its original into {folder}: {detail}; the plaintext stays in work"
+            raise FileError(name, reason, stage="seal", transient=True) from exc
         if final is None:
+            moved = self._recorded_final(job_id)
+            if moved is not None:  # moved there under another policy before a crash and a config change
+                log.warning("job %d (%s): its original was moved to %s before a crash; left there", job_id, name, moved)
+                return moved
             log.error("job %d (%s): original missing from the work folder; nothing to seal", job_id, name)
             return None
-        self.ledger.update(job_id, sealed_to=",".join(self.vault.fingerprints()))
+        # From the record, not the config: a file sealed before a crash and a key change has the old keys.
+        record = seal.read_record(final)
+        keys = record["recipients"] if record is not None else self.vault.fingerprints()
+        self.ledger.update(job_id, sealed_to=",".join(keys))
         # Only now: until the sealed file is durable under its name, the plaintext is the original.
         work.unlink(missing_ok=True)
         fsync_dir(work.parent)
@@ -417,7 +442,8 @@ class Jobs:
         text = self.ledger.audit(job_id)
         if text is None:  # published by a version without audit records
             return
-        sealed_to = self.vault.fingerprints() if policy == "seal" and self.vault is not None else None
+        job = self.ledger.get(job_id)
+        sealed_to = job.sealed_to.split(",") if policy == "seal" and job is not None and job.sealed_to else None
         record = audit.with_original(json.loads(text), policy, original, sealed_to)
         self._keep_audit(job_id, record)
         self._attach_audit(record["output"]["path"], record)
@@ -485,9 +511,9 @@ class Jobs:
         """Finish or undo what a crash left half done; reconcile ledger and folders."""
         self._finish_releases()  # first: a job's release below must not find its holding name taken
         self.sink.recover()
-        tag = vault.tag(self.folders.work)  # also with sealing now off: it may have been on before a crash
         for folder in (self.folders.sealed, self.folders.failed):
-            vault.sweep(folder, tag, self._sealing_abandoned)
+            # Also with sealing now off: it may have been on before a crash.
+            vault.sweep(folder, self.ledger.id, self._sealing_abandoned)
         for job in self.ledger.in_states(*L.ACTIVE):
             work = Path(job.work_path)
             if job.state == L.CLAIMING and work.parent != self.folders.work:
@@ -510,17 +536,14 @@ class Jobs:
                     self.ledger.delete(job.id)
                 else:
                     self.ledger.delete(job.id)  # the rename never happened; it will be claimed afresh
-            elif job.state == L.OUTPUT_DONE:
-                log.info("job %d (%s): output was published before a crash; finishing", job.id, job.name)
-                self._dispose_original(job.id, work, job.name, L.DONE)
-            elif job.state == L.FAILING:
-                log.info("job %d (%s): was being failed before a crash; finishing", job.id, job.name)
-                self._fail(job.id, work, job.reason or "failed before a crash", job.stage or "recover")
+            elif job.state in (L.OUTPUT_DONE, L.FAILING):
+                # Finished first thing by the worker (see `queued`), after start-up: sealing a
+                # large original takes a while, and then it feeds the watchdog and heeds a stop.
+                log.info("job %d (%s): was %s before a crash; finished first", job.id, job.name, job.state)
             elif job.state == L.PROCESSING and self._published(job):
                 # Linked into the output folder, but the crash came before OUTPUT_DONE was written.
-                log.info("job %d (%s): output was published before a crash; finishing", job.id, job.name)
+                log.info("job %d (%s): output was published before a crash; finished first", job.id, job.name)
                 self.ledger.update(job.id, state=L.OUTPUT_DONE)
-                self._dispose_original(job.id, work, job.name, L.DONE)
             elif not work.exists():
                 self._fail_lost(job)
             elif job.state == L.PROCESSING:
@@ -629,7 +652,10 @@ class Jobs:
                 log.error("cannot finish the release of %s: %s", entry.name, exc.strerror or exc)
 
     def queued(self) -> list[int]:
-        return [j.id for j in self.ledger.in_states(L.QUEUED)]
+        """Jobs to run, in order: those only left to finish (output out, or failure decided), then the queue."""
+        return [j.id for j in self.ledger.in_states(L.OUTPUT_DONE, L.FAILING)] + [
+            j.id for j in self.ledger.in_states(L.QUEUED)
+        ]
 
 
 def _snapshot(job: L.Job | None) -> Snapshot | None:

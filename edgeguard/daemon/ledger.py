@@ -66,6 +66,10 @@ CREATE TABLE IF NOT EXISTS audit (
     record TEXT NOT NULL         -- the record, JSON
 );
 CREATE INDEX IF NOT EXISTS audit_input ON audit(input_sha256);
+-- This ledger's own random id: names its jobs' temporaries in folders daemons may share (a new
+-- ledger numbers jobs from 1 again, so a job number alone would name another history's file).
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+INSERT OR IGNORE INTO meta(key, value) VALUES ('id', lower(hex(randomblob(8))));
 CREATE INDEX IF NOT EXISTS audit_output ON audit(output_sha256);
 """
 
@@ -145,6 +149,12 @@ class Ledger:
 
     def close(self) -> None:
         self.db.close()
+
+    @property
+    def id(self) -> str:
+        """This ledger's random id (16 hex digits), made with it."""
+        row = self.db.execute("SELECT value FROM meta WHERE key = 'id'").fetchone()
+        return str(row[0])
 
     def _one(self, sql: str, *args: Any) -> Job | None:
         row = self.db.execute(sql, args).fetchone()

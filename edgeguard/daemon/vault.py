@@ -10,8 +10,9 @@ One job's sealing goes through names that say how far it got:
 
 The plaintext in work is deleted by the caller only after that, so at every moment the
 original is either still in work or complete under NAME.age (or .sealed, which the job's
-redo finishes naming). T names this daemon (its work folder), J the job: daemons may share
-a sealed or failed folder, never a work folder. Only the worker thread calls this.
+redo finishes naming). T names the ledger (its random id), J the job: daemons may share a
+sealed or failed folder, and a new ledger numbers its jobs from 1 again. Only the worker thread
+calls this.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ SEALED = ".sealed"
 
 @dataclass(frozen=True)
 class Vault:
-    """Seals originals to `recipients` (age public keys); files get `mode`; `tag` names this daemon."""
+    """Seals originals to `recipients` (age public keys); files get `mode`; `tag` names the ledger."""
 
     recipients: Sequence[str]
     mode: int
@@ -110,12 +111,6 @@ class Vault:
         if record.exists():
             os.replace(record, seal.record_path(sealed_file))
             fsync_dir(sealed_file.parent)
-
-
-def tag(work: Path) -> str:
-    """This daemon's name in temporaries: its work folder's device and inode."""
-    st = work.stat()
-    return f"{st.st_dev:x}.{st.st_ino:x}"
 
 
 def sweep(folder: Path, tag: str, abandoned: Callable[[int], bool]) -> None:

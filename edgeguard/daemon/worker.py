@@ -154,6 +154,9 @@ class Worker(threading.Thread):
                 except Stopped:
                     log.info("%s: stopped while sealing its original; the next start finishes it", job.name)
                     return job.name, "rolled back", 0.0, None
+                except FileError as exc:  # its original could not be sealed yet: retried
+                    log.warning("%s: %s; kept for a retry in %.0f s", job.name, exc.reason, pause)
+                    return job.name, "retry", pause, None
                 return job.name, ended.outcome, 0.0, ended.report
             log.info("%s: rolled back; it stays in the work folder and is taken first next time", job.name)
             return job.name, "rolled back", 0.0, None

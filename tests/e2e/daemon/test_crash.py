@@ -550,7 +550,7 @@ def test_a_sealing_cut_short_is_finished_once_by_recovery(
         os.utime(f.incoming / name, (time.time() - 3600, time.time() - 3600))
     job_id = jobs.claim(name)
     assert job_id is not None
-    stem = f".{vault.tag(f.work)}-{job_id:08d}"
+    stem = f".{jobs.ledger.id}-{job_id:08d}"
 
     killer = Killer(point, folder, f.work, tmp_path / "aside")
     _run_until_crash(jobs, job_id, monkeypatch, *killer.patch())
@@ -605,8 +605,8 @@ def test_recovery_removes_only_its_own_sealing_leftovers(
     sealing in progress for its own leftover."""
     jobs = _jobs(tmp_path / "one", engine, (reviewer.recipient,), originals="seal")
     f = jobs.folders
-    ours = vault.tag(f.work)
-    theirs = vault.tag(tmp_path)  # another daemon's work folder: another inode
+    ours = jobs.ledger.id
+    theirs = "0123456789abcdef"  # another ledger's id (another daemon's, or this one's before a reset)
     assert theirs != ours
     leftovers = {
         f.sealed: [f".{ours}-00000001.sealing", f".{theirs}-00000001.sealing", f".{ours}f-00000001.sealing"],

@@ -338,5 +338,31 @@ def test_a_stop_mid_sealing_rolls_it_back_and_the_next_start_finishes_it(
     d.wait_idle()
     assert names(d.failed) == ["big.mp4.age", "big.mp4.age.error.json", "big.mp4.age.json"]
     assert age_sha256(key, d.failed / "big.mp4.age") == expected
-    assert "was being failed before a crash; finishing" in d.log()
+    assert "finishing sending it to failed" in d.log()
+    assert d.terminate(timeout=30) == 0
+
+
+def test_a_sealed_folder_that_refuses_keeps_the_original_in_work_until_a_retry_succeeds(
+    daemon: Daemon, key: Key, tmp_path: Path
+) -> None:
+    d = daemon
+    d.configure(daemon={"originals": "seal", "pause_seconds": 0.5}, seal={"recipients": [key.recipient]})
+    photo = tagged_jpeg(media("city.jpg"), tmp_path / "refused.jpg", "sealed folder refuses")
+    d.start()
+    away = d.root / "sealed-away"
+    os.rename(d.sealed, away)
+    d.sealed.write_bytes(b"")  # a file where the folder was: every write into it fails (ENOTDIR)
+    d.drop(photo)
+    wait_until(lambda: "cannot seal its original into" in d.log(), 60, "the sealing to fail", 0.1, d.log_tail)
+    # The output is out; the original waits in work, whole; the daemon runs on.
+    [job] = d.jobs()
+    assert job["state"] == "output_done" and names(d.output) == ["refused.jpg"]
+    assert (d.work / Path(job["work_path"]).name).read_bytes() == photo.read_bytes()
+    d.assert_alive()
+    d.sealed.unlink()
+    os.rename(away, d.sealed)
+    d.wait_states({"done": 1})
+    d.wait_idle()
+    assert age_decrypt(key, d.sealed / "refused.jpg.age") == photo.read_bytes()
+    assert names(d.work) == []
     assert d.terminate(timeout=30) == 0
