@@ -215,3 +215,20 @@ def test_status_shows_each_job_on_one_line_whatever_its_name(tmp_path: Path) -> 
     assert [line for line in text.splitlines() if line.startswith("failed:")] == [
         "failed: job 1 evil\\nfailed: job 9 forged.mp4 at probe: not a readable media file"
     ]
+
+
+def test_each_ledger_has_its_own_id_kept_across_opens(tmp_path: Path) -> None:
+    """Sealing's temporaries are named by it: a ledger made afresh (numbering jobs from 1 again)
+    must never take an earlier ledger's job 1 files for its own."""
+    path = tmp_path / "ledger.sqlite3"
+    first = Ledger(path)
+    made = first.id
+    first.close()
+    again = Ledger(path)
+    assert again.id == made and len(made) == 16 and int(made, 16) >= 0
+    again.close()
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+    fresh = Ledger(path)
+    assert fresh.id != made
+    fresh.close()
