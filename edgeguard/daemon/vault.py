@@ -5,8 +5,8 @@ One job's sealing goes through names that say how far it got:
     .T-JJJJJJJJ.sealing    being encrypted (incomplete: removed at the next start)
     .T-JJJJJJJJ.age.json   its record, written before the next step
     .T-JJJJJJJJ.sealed     encrypted, flushed: complete, not yet under its name
-    NAME.age             linked from .sealed (never over another file), then .sealed is removed
-    NAME.age.json        the record renamed beside it
+    NAME.age               linked from .sealed (never over another file), then .sealed is removed
+    NAME.age.json          the record renamed beside it
 
 The plaintext in work is deleted by the caller only after that, so at every moment the
 original is either still in work or complete under NAME.age (or .sealed, which the job's
