@@ -244,7 +244,7 @@ def _cmd_preview(args: argparse.Namespace) -> int:
 
     cfg = _load(args)
     _setup_logging(args.verbose, cfg.logging.level)
-    dst = plan(args.input, args.output, args.frames)  # before the model loads
+    dst = plan(args.input, args.output, args.frames, cfg.paths.folders())  # before the model loads
     with ProgressBar(args.input.name) as bar:
         preview = build_preview(Engine(cfg), args.input, dst, frames=args.frames, progress=bar.update)
     print(preview.summary())

@@ -7,7 +7,7 @@ import sys
 import av
 import cv2
 
-from edgeguard import dnn_target
+from edgeguard import dnn_target, seal
 from edgeguard.config import Config
 from edgeguard.detectors.factory import model_files
 from edgeguard.errors import EdgeguardError, ExitCode
@@ -26,6 +26,22 @@ def h264_encoder() -> str | None:
             continue
         return name
     return None
+
+
+def _sealing(cfg: Config, blockers: list[str]) -> None:
+    """Whether originals are sealed, and to which keys (by fingerprint, as status and records name them)."""
+    what = [k for k, on in (("originals", cfg.daemon.originals == "seal"), ("failed", cfg.daemon.seal_failed)) if on]
+    if not what:
+        _line(None, "sealing", f"off (daemon.originals: {cfg.daemon.originals})")
+        return
+    try:
+        keys = cfg.seal.keys()
+    except ValueError as exc:  # a recipients file changed or vanished since the config was checked
+        _line(False, "sealing", f"seal.recipients: {exc}")
+        blockers.append("the sealing keys cannot be read")
+        return
+    prints = ", ".join(seal.fingerprint(k) for k in keys)
+    _line(True, "sealing", f"{' and '.join(what)} sealed to {len(keys)} key(s): {prints}")
 
 
 def run_doctor(cfg: Config) -> int:
@@ -62,6 +78,7 @@ def run_doctor(cfg: Config) -> int:
     except EdgeguardError as exc:
         _line(False, f"model {cfg.detector.model}", str(exc))
         blockers.append(f"model {cfg.detector.model} is not ready")
+    _sealing(cfg, blockers)
     if blockers:
         print(f"the configured setup cannot run here: {'; '.join(blockers)}", file=sys.stdout)
         return ExitCode.SETUP

@@ -96,11 +96,15 @@ class Preview:
         )
 
 
-def plan(src: Path, output: str | None, frames: int = DEFAULT_FRAMES) -> Path:
+def plan(
+    src: Path, output: str | None, frames: int = DEFAULT_FRAMES, daemon_folders: dict[str, Path] | None = None
+) -> Path:
     """Check a preview request before any model loads; return where its sheet goes.
 
     `output` is the sheet's file (.png or .jpg), a folder (`FOLDER/` or an existing one) to put
     the default name in, or None for INPUT's stem + `.preview.png` beside the input.
+    `daemon_folders` (paths.* by key): the sheet, which shows the original footage, never goes
+    into one (the daemon would take it from incoming, or publish it from output).
     """
     if src.is_dir():
         raise UsageError(f"edgeguard preview: {src} is a directory; give one file in it")
@@ -119,6 +123,13 @@ def plan(src: Path, output: str | None, frames: int = DEFAULT_FRAMES) -> Path:
         raise UsageError(f"edgeguard preview: {dst}: a contact sheet is written as .png or .jpg; name it so")
     if not dst.parent.is_dir():
         raise UsageError(f"edgeguard preview: -o {dst}: the folder {dst.parent} does not exist")
+    here = dst.parent.resolve()
+    for key, folder in (daemon_folders or {}).items():
+        if folder.resolve() == here:
+            raise UsageError(
+                f"edgeguard preview: {dst} would be in paths.{key} ({folder}): the sheet shows the original"
+                " footage; write it outside the daemon's folders with -o"
+            )
     return dst
 
 

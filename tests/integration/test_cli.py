@@ -345,6 +345,23 @@ def test_doctor_fails_when_the_model_is_missing(empty_models: Path, capsys: pyte
     assert out.splitlines()[-1] == "the configured setup cannot run here: model yolox_nano is not ready"
 
 
+def test_doctor_says_whether_originals_are_sealed_and_to_which_keys(
+    yolox_env: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    keys = [seal.keygen().recipient for _ in range(2)]
+    listed = tmp_path / "reviewers.pub"
+    listed.write_text(f"# reviewers\n{keys[1]}\n", encoding="utf-8")
+    sealing = ["--set", "daemon.originals=seal", "--set", "daemon.seal_failed=true"]
+    code, out, err = cli(capsys, "doctor", *YOLOX, *sealing, "--set", f"seal.recipients=[{keys[0]}, {listed}]")
+    assert code == 0, out + err
+    (line,) = [line for line in out.splitlines() if line.split()[1:2] == ["sealing"]]
+    prints = ", ".join(seal.fingerprint(k) for k in keys)
+    assert line.split(None, 2) == ["ok", "sealing", f"originals and failed sealed to 2 key(s): {prints}"]
+    code, out, _ = cli(capsys, "doctor", *YOLOX)
+    assert code == 0
+    assert "--   sealing                  off (daemon.originals: delete)" in out.splitlines()
+
+
 def test_check_config_checks_the_model_and_its_classes(yolox_env: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = cli(capsys, "check-config", *YOLOX, "--set", "detector.classes=[person, bicycle]")
     assert (code, out.strip()) == (0, "<defaults>: ok"), err

@@ -237,3 +237,24 @@ def test_bad_input_fails_with_one_line_and_writes_nothing(
     assert len(lines) == 1 and "cut.mp4" in lines[0], err
     assert not (tmp_path / "cut.preview.png").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "a staging file was left behind"
+
+
+@pytest.mark.parametrize("key", ["incoming", "output"])
+def test_the_sheet_never_goes_into_a_daemon_folder(
+    key: str, tmp_path: Path, yolox_env: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The sheet shows the original footage: from incoming the daemon would take it, from output it is published."""
+    folder = tmp_path / key
+    folder.mkdir()
+    photo = folder / "photo.jpg"  # the default puts the sheet beside its input
+    shutil.copy(media("city.jpg"), photo)
+    code, out, err = cli(capsys, "preview", photo, *YOLOX, "--set", f"paths.{key}={folder}")
+    assert out == ""
+    assert code == 2, err
+    (line,) = error_lines(err)
+    assert f"would be in paths.{key} ({folder})" in line and "-o" in line
+    assert sorted(p.name for p in folder.iterdir()) == ["photo.jpg"]
+    code, _, err = cli(
+        capsys, "preview", photo, *YOLOX, "-o", str(tmp_path / "sheet.png"), "--set", f"paths.{key}={folder}"
+    )
+    assert code == 0, err
