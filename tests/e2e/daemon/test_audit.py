@@ -120,3 +120,22 @@ def test_without_a_ledger_or_with_a_folder_it_says_so(daemon: Daemon) -> None:
     assert none.returncode == 1 and "no ledger at" in none.stderr, none.stderr
     folder = audit(d, str(d.output))
     assert folder.returncode == 1 and "is a folder" in folder.stderr, folder.stderr
+
+
+def test_a_sidecar_that_cannot_be_written_costs_the_output_nothing(daemon: Daemon) -> None:
+    """The sidecar is a copy: when it cannot be written, the output stays published, the job is
+    done, the record is in the ledger, one error line says so, and no temporary is left."""
+    d = daemon
+    d.configure(audit={"sidecar": True})
+    (d.output / "city.jpg.audit.json").mkdir()  # the sidecar's name taken by a folder: its rename fails
+    d.start()
+    d.drop(media("city.jpg"))
+    d.wait_states({"done": 1})
+    d.wait_idle()
+    assert "city.jpg: cannot write its audit sidecar" in d.log()
+    assert (d.output / "city.jpg").is_file() and (d.output / "city.jpg.audit.json").is_dir()
+    [record] = d.audits()
+    assert json.loads(record["record"])["output"]["sha256"] == sha256(d.output / "city.jpg")
+    assert_clean(d)
+    d.assert_alive()
+    assert d.terminate(timeout=30) == 0
