@@ -212,7 +212,7 @@ class Service:
             while event is not None:
                 if isinstance(event, E.Verdict):
                     if event.retry:
-                        arrivals.unsettle(event.name)
+                        arrivals.unsettle(event.name, event.reason)
                     else:
                         arrivals.hold(event.name, event.reason, event.until)
                 event = self._next_event(0)

@@ -46,6 +46,7 @@ class _Entry:
     ctime_ns: int = 0
     held: bool = False  # refused or given back: not offered again until it changes (or `held_until`)
     held_until: float | None = None
+    waiting: bool = False  # said once that it is still being written
 
 
 class _Handler(FileSystemEventHandler):
@@ -148,11 +149,14 @@ class Arrivals:
         else:
             self._reported.add(name)
 
-    def unsettle(self, name: str) -> None:
-        """Start `name`'s settle time again (it turned out to be still written)."""
+    def unsettle(self, name: str, reason: str | None = None) -> None:
+        """Start `name`'s settle time again (it turned out to be still written); says `reason` once a file."""
         entry = self._entries.get(name)
         if entry is not None:
             entry.stable_since = self.clock()
+            if reason is not None and not entry.waiting:
+                entry.waiting = True  # once: an upload can stall for hours, refused at every settle
+                log.info("%s: waiting: %s", self.folder / name, reason)
 
     def _look(self, name: str, writers: int, evented: bool, now: float) -> _Entry | None:
         if not self.wanted(name):

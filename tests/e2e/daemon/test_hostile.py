@@ -302,6 +302,8 @@ def test_writer_holding_the_file_open_from_before_the_start(daemon: Daemon, clip
     with Watch(d) as watch:
         writer.join()
         assert_processed_once(d, src, "held.mp4", watch)
+    # Said once, not at every settle while the upload stalled.
+    assert d.log().count("held.mp4: waiting: open for writing by another process") == 1, d.log_tail()
     assert d.terminate(timeout=15) == 0
 
 
