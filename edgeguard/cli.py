@@ -7,6 +7,7 @@ import contextlib
 import faulthandler
 import json
 import logging
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -333,6 +334,16 @@ def _cmd_audit(args: argparse.Namespace) -> int:
 
 
 def _cmd_unseal(args: argparse.Namespace) -> int:
+    # A stop or a hang-up ends it as Ctrl-C does: unwinding, so the partial plaintext is removed.
+    before = {sig: signal.signal(sig, signal.default_int_handler) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        return _unseal(args)
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+
+
+def _unseal(args: argparse.Namespace) -> int:
     from edgeguard import seal
 
     identities = seal.read_identities(args.identity)

@@ -82,6 +82,18 @@ def set_mode(path: Path, mode: int) -> None:
         path.chmod(mode)
 
 
+def sweep_copies(folder: Path) -> list[str]:
+    """Remove the hidden copies a crash cut short in `folder` (see `_copy_in`); return their names.
+
+    Only ever temporaries: the source stays where it was until its copy is linked under its name."""
+    removed = []
+    for entry in os.scandir(folder):
+        if entry.name.startswith(".") and entry.name.endswith(COPYING_MARK):
+            Path(entry.path).unlink(missing_ok=True)
+            removed.append(entry.name)
+    return removed
+
+
 def candidate_names(name: str) -> list[str]:
     stem, dot, ext = name.rpartition(".")
     if not dot or not stem:

@@ -17,7 +17,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from pathlib import Path
 
-from edgeguard.durable import COPYING_MARK, fsync_dir, move_noclobber
+from edgeguard.durable import fsync_dir, move_noclobber, sweep_copies
 from edgeguard.media import media_kind
 
 log = logging.getLogger(__name__)
@@ -129,7 +129,5 @@ class LocalFolder(Sink):
     def recover(self) -> None:
         # A crash during a cross-filesystem publish can leave the hidden copy (perhaps also
         # linked as the output it became); it is only ever a temporary.
-        for entry in os.scandir(self.folder):
-            if entry.name.startswith(".") and entry.name.endswith(COPYING_MARK):
-                log.info("removing %s, a copy a crash interrupted", entry.name)
-                Path(entry.path).unlink(missing_ok=True)
+        for name in sweep_copies(self.folder):
+            log.info("removed %s, a copy a crash interrupted", name)

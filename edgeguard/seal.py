@@ -231,8 +231,11 @@ def unseal(src: BinaryIO, dst: BinaryIO, identities: Sequence[x25519.Identity], 
     if record is not None:
         try:
             key = pyrage.decrypt(str(record["hmac_key"]).encode("ascii"), list(identities))
-        except (KeyError, pyrage.DecryptError) as exc:
-            raise SealError(f"this identity cannot open it ({exc})") from exc
+        except (KeyError, UnicodeEncodeError, pyrage.DecryptError) as exc:
+            raise SealError(
+                f"this identity does not open the record beside it ({type(exc).__name__}: {exc}): the file is"
+                " sealed to other keys, or the record is another file's (age -d opens a file without the check)"
+            ) from exc
         mac = hmac.new(key, digestmod=hashlib.sha256)
     try:
         pyrage.decrypt_io(src, _Writer(dst, mac), list(identities))  # type: ignore[arg-type]

@@ -8,9 +8,12 @@ import json
 import os
 import re
 import shutil
+import signal
 import stat
 import struct
 import subprocess
+import sys
+import time
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -654,3 +657,41 @@ def test_check_config_refuses_sealing_without_good_recipients(
 def _no_leftover_logging() -> Iterator[None]:
     yield
     drop_cli_logging()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+def test_unseal_stopped_midway_leaves_no_plaintext(sig: signal.Signals, tmp_path: Path) -> None:
+    """Stopped or hung up while it writes, unseal unwinds as Ctrl-C does: the partial plaintext goes."""
+    pair = seal.keygen()
+    identity = tmp_path / "reviewer.key"
+    seal.write_identity(pair, identity)
+    zeros, big = tmp_path / "zeros", tmp_path / "big.mp4.age"
+    with zeros.open("wb") as f:
+        f.truncate(1 << 30)  # sparse
+    with zeros.open("rb") as src, big.open("wb") as dst:  # 1 GiB sealed: seconds to unseal
+        seal.seal(src, dst, [pair.recipient])
+    zeros.unlink()
+    out = tmp_path / "out" / "big.mp4"
+    out.parent.mkdir()
+    cmd = [sys.executable, "-m", "edgeguard", "unseal", str(big), "-i", str(identity), "-o", str(out)]
+    with subprocess.Popen(cmd, stderr=subprocess.PIPE) as proc:
+        deadline = time.monotonic() + 60
+        while not any(p.name.endswith(".unsealing") and p.stat().st_size > 0 for p in out.parent.iterdir()):
+            assert proc.poll() is None and time.monotonic() < deadline, "unseal never started writing"
+            time.sleep(0.01)  # the polling period only
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err.decode()
+    assert list(out.parent.iterdir()) == [], "a partial plaintext was left behind"
+
+
+def test_unseal_refuses_a_record_it_cannot_read_in_one_line(
+    sealed: Sealed, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    record = json.loads(seal.record_path(sealed.path).read_text(encoding="utf-8"))
+    seal.record_path(sealed.path).write_text(json.dumps({**record, "hmac_key": "é"}), encoding="utf-8")
+    code, _, err = cli(capsys, "unseal", sealed.path, "-i", sealed.identity, "-o", tmp_path / "back.mp4")
+    assert code == 1, err
+    (line,) = error_lines(err)
+    assert "does not open the record beside it" in line
+    assert not (tmp_path / "back.mp4").exists()

@@ -646,3 +646,18 @@ def test_sealing_turned_off_across_a_crash_leaves_no_orphan(
     assert job is not None and job.state == "done" and job.sealed_to is None
     assert names(f.sealed) == [] and names(f.work) == []
     assert (f.quarantine / "a.jpg").read_bytes() == original
+
+
+def test_recovery_removes_partial_copies_of_originals_in_the_kept_folders(tmp_path: Path, engine: Engine) -> None:
+    """A crash while an original was copied to another filesystem's failed, quarantine or
+    processed folder left a hidden partial copy: plaintext that nothing would ever remove."""
+    jobs = _jobs(tmp_path, engine, originals="quarantine")
+    f = jobs.folders
+    kept = "x.mp4.copying"  # an original that happens to be called so: not hidden, not ours
+    for folder in (f.failed, f.quarantine, f.processed):
+        (folder / ".x.mp4.cee21960.copying").write_bytes(b"half an original")
+        (folder / kept).write_bytes(b"an original")
+    jobs.recover()
+    jobs.ledger.close()
+    for folder in (f.failed, f.quarantine, f.processed):
+        assert names(folder) == [kept], folder
