@@ -233,7 +233,7 @@ def unseal(src: BinaryIO, dst: BinaryIO, identities: Sequence[x25519.Identity], 
             key = pyrage.decrypt(str(record["hmac_key"]).encode("ascii"), list(identities))
         except (KeyError, UnicodeEncodeError, pyrage.DecryptError) as exc:
             raise SealError(
-                f"this identity does not open the record beside it ({type(exc).__name__}: {exc}): the file is"
+                f"this identity cannot open it, or the record beside it ({type(exc).__name__}: {exc}): it is"
                 " sealed to other keys, or the record is another file's (age -d opens a file without the check)"
             ) from exc
         mac = hmac.new(key, digestmod=hashlib.sha256)
