@@ -76,3 +76,12 @@ def no_thread_leak() -> Iterator[None]:
     yield
     leaked = [t for t in threading.enumerate() if t not in before and t.is_alive() and not t.daemon]
     assert not leaked, f"threads leaked: {leaked}"
+
+
+@pytest.fixture(scope="session")
+def age() -> str:
+    """Debian's `age`, which opens sealed originals as a reviewer without edgeguard would."""
+    exe = shutil.which("age")
+    if exe is None:
+        pytest.fail("Debian's age is not installed (make deps installs it)")
+    return exe

@@ -477,14 +477,6 @@ def test_unknown_model_name(capsys: pytest.CaptureFixture[str], tmp_path: Path) 
 # ------------------------------------------------------------------ keygen / unseal
 
 
-@pytest.fixture(scope="module")
-def age() -> str:
-    exe = shutil.which("age")
-    if exe is None:
-        pytest.fail("Debian's age is not installed (make deps installs it)")
-    return exe
-
-
 @contextlib.contextmanager
 def umask(mask: int) -> Iterator[None]:
     old = os.umask(mask)

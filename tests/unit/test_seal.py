@@ -8,7 +8,6 @@ import io
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import threading
@@ -25,14 +24,6 @@ from edgeguard.errors import Cancelled
 @pytest.fixture(scope="module")
 def pair() -> seal.KeyPair:
     return seal.keygen()
-
-
-@pytest.fixture(scope="module")
-def age() -> str:
-    exe = shutil.which("age")
-    if exe is None:
-        pytest.fail("Debian's age is not installed (make deps installs it)")
-    return exe
 
 
 def identity_file(pair: seal.KeyPair, folder: Path) -> Path:

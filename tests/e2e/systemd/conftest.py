@@ -7,6 +7,8 @@ names. Where the machine cannot boot the container the tests skip, naming the st
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import json
 import os
 import secrets
@@ -141,6 +143,24 @@ class Service:
         return entry
 
     # ---------------------------------------------------------------- config
+
+    def reload(self, **sections: dict[str, Any]) -> None:
+        """Merge `sections` into the config and `systemctl reload`; returns once the daemon took it."""
+        since = self.mark()
+        self.configure(**sections)
+        self.systemctl("reload", UNIT)
+        self.wait_message("configuration reloaded", since)
+
+    @contextlib.contextmanager
+    def reconfigured(self, **sections: dict[str, Any]) -> Iterator[None]:
+        """Run the block with `sections` merged in and reloaded; the config before comes back after."""
+        before = copy.deepcopy(self.settings)
+        try:
+            self.reload(**sections)
+            yield
+        finally:
+            self.settings = {}
+            self.reload(**before)
 
     def configure(self, **sections: dict[str, Any]) -> None:
         """Merge `sections` into the config and write it (read at start and on reload)."""

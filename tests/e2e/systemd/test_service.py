@@ -6,7 +6,6 @@ file names, and each starts the service itself if an earlier test left it stoppe
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import subprocess
@@ -178,12 +177,7 @@ def test_reload_rereads_config_and_refuses_a_broken_one(service: Service, tmp_pa
     svc = service
     svc.ensure_running()
     pid = svc.main_pid()
-    good = copy.deepcopy(svc.settings)
-    try:
-        since = svc.mark()
-        svc.configure(daemon={"originals": "keep"})  # observable: originals now go to processed/
-        svc.systemctl("reload", UNIT)
-        svc.wait_message("configuration reloaded", since)
+    with svc.reconfigured(daemon={"originals": "keep"}):  # observable: originals now go to processed/
         photo = tagged_jpeg(media("city.jpg"), tmp_path / "reloaded.jpg", "reload")
         svc.drop(photo, "reloaded.jpg")
         assert svc.wait_final("reloaded.jpg")["state"] == "done"
@@ -198,12 +192,6 @@ def test_reload_rereads_config_and_refuses_a_broken_one(service: Service, tmp_pa
         assert svc.active() == "active/running", svc.describe()
         assert svc.main_pid() == pid
         assert svc.status_text().startswith("idle"), svc.status_text()
-    finally:
-        since = svc.mark()
-        svc.settings = {}
-        svc.configure(**good)
-        svc.systemctl("reload", UNIT)
-        svc.wait_message("configuration reloaded", since)
     assert svc.main_pid() == pid
     assert svc.show("NRestarts") == "0"
 
@@ -217,27 +205,15 @@ def test_originals_are_sealed_under_the_sandbox_and_open_off_the_gateway(service
     identity = tmp_path / "reviewer.key"
     subprocess.run(["age-keygen", "-o", str(identity)], check=True, capture_output=True)
     recipient = subprocess.run(["age-keygen", "-y", str(identity)], check=True, capture_output=True, text=True)
-    good = copy.deepcopy(svc.settings)
     photo = tagged_jpeg(media("city.jpg"), tmp_path / "sealed.jpg", "sealed under systemd")
     bad = tmp_path / "sealed-bad.mp4"
     bad.write_bytes(os.urandom(64 << 10))
-    try:
-        since = svc.mark()
-        svc.configure(
-            daemon={"originals": "seal", "seal_failed": True}, seal={"recipients": [recipient.stdout.strip()]}
-        )
-        svc.systemctl("reload", UNIT)
-        svc.wait_message("configuration reloaded", since)
+    sealing = {"originals": "seal", "seal_failed": True}
+    with svc.reconfigured(daemon=sealing, seal={"recipients": [recipient.stdout.strip()]}):
         svc.drop(photo, photo.name)
         svc.drop(bad, bad.name)
         assert svc.wait_final(photo.name)["state"] == "done"
         assert svc.wait_final(bad.name)["state"] == "failed"
-    finally:
-        since = svc.mark()
-        svc.settings = {}
-        svc.configure(**good)
-        svc.systemctl("reload", UNIT)
-        svc.wait_message("configuration reloaded", since)
     for original, sealed_file in (
         (photo, svc.folder("sealed") / "sealed.jpg.age"),
         (bad, svc.folder("failed") / "sealed-bad.mp4.age"),
