@@ -165,19 +165,25 @@ def _copy_in(src: Path, dst: Path, mode: int) -> bool:
         shutil.copyfileobj(source, copy, 1 << 20)
     fsync_file(tmp)
     try:
-        # The copy sits beside `dst`, so a link is the atomic "create only if absent" again.
+        return take_name(tmp, dst)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def take_name(tmp: Path, dst: Path) -> bool:
+    """Give the finished file `tmp` the name `dst` only if no file has it; False if one has.
+
+    A hard link beside it is the atomic "create only if absent" (`tmp` is then the caller's to
+    remove). Where there are no hard links (FAT, some network shares), a rename after a last look
+    is the best left: it can only replace a file that appeared in the instant since."""
+    try:
         os.link(tmp, dst, follow_symlinks=False)
     except FileExistsError:
         return False
     except OSError as exc:
         if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EMLINK):
             raise
-        # No hard links there (FAT, some network shares): a rename is the best left; it can
-        # only replace a file that appeared in the instant since the check.
         if dst.exists():
             return False
         os.replace(tmp, dst)
-        return True
-    finally:
-        tmp.unlink(missing_ok=True)
     return True

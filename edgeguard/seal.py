@@ -13,7 +13,6 @@ holds an identity can check the HMAC (`edgeguard unseal` does); nobody else can 
 from __future__ import annotations
 
 import datetime as dt
-import errno
 import hashlib
 import hmac
 import io
@@ -30,7 +29,7 @@ import pyrage
 from pyrage import x25519
 
 from edgeguard import __version__
-from edgeguard.durable import create_new
+from edgeguard.durable import create_new, take_name
 from edgeguard.errors import Cancelled, EdgeguardError, UsageError
 
 SUFFIX = ".age"
@@ -281,17 +280,8 @@ def unseal_file(sealed: Path, identities: Sequence[x25519.Identity], out: Path) 
             checked = unseal(src, dst, identities, record)
             dst.flush()
             os.fsync(dst.fileno())
-        try:
-            os.link(tmp, out)  # the atomic "create only if absent"
-        except FileExistsError:
-            raise UsageError(f"{out} exists; not overwritten (choose another with -o)") from None
-        except OSError as exc:
-            if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EMLINK):
-                raise
-            # No hard links there (a FAT or exFAT stick, some shares): a rename, after a last look.
-            if out.exists():
-                raise UsageError(f"{out} exists; not overwritten (choose another with -o)") from None
-            os.rename(tmp, out)
+        if not take_name(tmp, out):
+            raise UsageError(f"{out} exists; not overwritten (choose another with -o)")
     except OSError as exc:
         raise SealError(f"cannot unseal {sealed} to {out}: {exc.strerror or exc}") from exc
     finally:

@@ -49,7 +49,7 @@ def render(report: dict[str, Any]) -> str:
     for f in report["last_failures"]:
         # Names are other users' text: one line each, whatever they hold.
         lines.append(f"failed: job {f['job']} {escape(f['file'])} at {f['stage']}: {escape(f['reason'] or '')}")
-    for s in report.get("last_sealed", []):
+    for s in report["last_sealed"]:
         where = escape(s["where"] or "?")
         lines.append(
             f"sealed: job {s['job']} {escape(s['file'])} ({s['state']}) as {where}, to {', '.join(s['sealed_to'])}"

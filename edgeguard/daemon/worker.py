@@ -136,29 +136,23 @@ class Worker(threading.Thread):
         self.events.put(E.Started(job.name, job_id))
         pause = self.setup.cfg.daemon.pause_seconds
         since = time.monotonic()
+        progress = self._progress(job.name, job_id)
         try:
-            ended = self.jobs.run(job_id, self.cancel, self._progress(job.name, job_id))
+            try:
+                ended = self.jobs.run(job_id, self.cancel, progress)
+            except Cancelled:
+                if not self.timed_out.is_set():
+                    log.info("%s: rolled back; it stays in the work folder and is taken first next time", job.name)
+                    return job.name, "rolled back", 0.0, None
+                # Failing it may itself be stopped or refused (sealing): the handlers below, as for a run.
+                limit = self.setup.cfg.daemon.file_timeout
+                ended = self.jobs.fail(job_id, f"time limit of {limit:g} s exceeded", "timeout", since, progress)
             return job.name, ended.outcome, 0.0, ended.report
         except Withdrawn as exc:
             self.events.put(E.Verdict(exc.name, None, retry=exc.until is None, until=exc.until))
             return job.name, "withdrawn", 0.0, None
         except Stopped:
             log.info("%s: stopped while sealing its original; the next start finishes it", job.name)
-            return job.name, "rolled back", 0.0, None
-        except Cancelled:
-            if self.timed_out.is_set():
-                limit = self.setup.cfg.daemon.file_timeout
-                try:
-                    reason = f"time limit of {limit:g} s exceeded"
-                    ended = self.jobs.fail(job_id, reason, "timeout", since, self._progress(job.name, job_id))
-                except Stopped:
-                    log.info("%s: stopped while sealing its original; the next start finishes it", job.name)
-                    return job.name, "rolled back", 0.0, None
-                except FileError as exc:  # its original could not be sealed yet: retried
-                    log.warning("%s: %s; kept for a retry in %.0f s", job.name, exc.reason, pause)
-                    return job.name, "retry", pause, None
-                return job.name, ended.outcome, 0.0, ended.report
-            log.info("%s: rolled back; it stays in the work folder and is taken first next time", job.name)
             return job.name, "rolled back", 0.0, None
         except FileError as exc:  # transient: disk full and the like
             log.warning("%s: %s; kept for a retry in %.0f s", job.name, exc.reason, pause)
