@@ -28,7 +28,7 @@ $(VENV)/.installed: pyproject.toml
 	$(MAKE) deps
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev,systemd]'
+	$(BIN)/pip install -q -e '.[dev,systemd,cluster]'
 	touch $@
 
 setup: $(VENV)/.installed

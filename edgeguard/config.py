@@ -307,6 +307,76 @@ class SealConfig(Section):
         return read_recipients(self.recipients)
 
 
+def _address(value: str) -> str:
+    value = value.strip()
+    if not value:
+        return value
+    if value.startswith("ray://"):
+        raise ValueError("Ray Client (ray://) is not supported: give the head's HOST:PORT (this machine is a node)")
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{value!r} is not HOST:PORT of the Ray head (e.g. 10.0.0.5:6379)")
+    return value
+
+
+def _readable(value: Path | None) -> Path | None:
+    if value is not None and not value.is_file():
+        raise ValueError(f"{value} is not a readable file")
+    return value
+
+
+ClusterFile = Annotated[Path | None, AfterValidator(_readable)]
+
+
+class ClusterTLSConfig(Section):
+    # Ray's mutual TLS (RAY_USE_TLS): the CA that signed every node's certificate, and this machine's
+    # certificate and key. All three or none; every node of the cluster must use TLS as well.
+    ca: ClusterFile = None
+    cert: ClusterFile = None
+    key: ClusterFile = None
+
+    @model_validator(mode="after")
+    def _all_or_none(self) -> Self:
+        given = [k for k in ("ca", "cert", "key") if getattr(self, k) is not None]
+        if given and len(given) != 3:
+            missing = sorted({"ca", "cert", "key"} - set(given))
+            raise raised("ClusterTLSConfig", [problem(missing[0], None, "TLS needs ca, cert and key together")])
+        return self
+
+    @property
+    def on(self) -> bool:
+        return self.ca is not None
+
+
+class ClusterConfig(Section):
+    # HOST:PORT of the Ray head (its GCS port, 6379 by default); empty = protect on this machine.
+    # This machine must be a node of that cluster (`ray start`): see README, "Running on a cluster".
+    address: Annotated[str, AfterValidator(_address)] = ""
+    # prefer: protect on this machine while the cluster is unreachable; only: wait for it (paused).
+    mode: Literal["prefer", "only"] = "prefer"
+    # Actors (each holds the model loaded) per node, and the CPUs each reserves there.
+    actors_per_node: Annotated[int, Field(ge=1, le=64)] = 1
+    actor_cpus: Annotated[float, Field(gt=0, le=256)] = 1.0
+    # A video longer than two segments is cut at the first keyframe after every this many seconds
+    # and the segments protected in parallel; 0 = never cut.
+    segment_seconds: Annotated[float, Field(ge=0)] = 10.0
+    # Seconds to reach the head, and to get any word from the cluster while a file is out there.
+    connect_timeout: Annotated[float, Field(gt=0, le=600)] = 10.0
+    silence_timeout: Annotated[float, Field(gt=0, le=3600)] = 120.0
+    # After the cluster was unreachable (mode prefer), protect here this long before trying it again.
+    retry_seconds: Annotated[float, Field(ge=0, le=86400)] = 30.0
+    # Where each node keeps the model files it received (checked by sha256 before every load);
+    # empty = the node's temporary folder.
+    node_cache: str = ""
+    # Ray's token authentication: a file holding the cluster's token (RAY_AUTH_MODE=token).
+    token_file: ClusterFile = None
+    tls: ClusterTLSConfig = ClusterTLSConfig()
+
+    @property
+    def on(self) -> bool:
+        return bool(self.address)
+
+
 class Config(Section):
     # A factory: the default validates plugin sections, so it needs the plugins importable first.
     detector: DetectorConfig = Field(default_factory=DetectorConfig)
@@ -322,6 +392,7 @@ class Config(Section):
     metrics: MetricsConfig = MetricsConfig()
     audit: AuditConfig = AuditConfig()
     seal: SealConfig = SealConfig()
+    cluster: ClusterConfig = ClusterConfig()
 
     @model_validator(mode="after")
     def _sealing_has_recipients(self) -> Self:

@@ -14,7 +14,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from edgeguard import styles
 from edgeguard.config import Config
@@ -120,6 +120,27 @@ def keyframe_looker(detector: Detector[Any], cfg: Config) -> Callable[[Image, bo
     return look
 
 
+class EngineLike(Protocol):
+    """What the daemon needs of an engine: this machine's (`Engine`) or a cluster's (`cluster.client`)."""
+
+    @property
+    def model_name(self) -> str: ...
+
+    @property
+    def target(self) -> str: ...
+
+    @property
+    def weights(self) -> Mapping[str, str]: ...
+
+    def with_config(self, cfg: Config) -> tuple[EngineLike, bool]: ...
+
+    def protect_file(
+        self, src: Path, out: Path, *, progress: Progress | None = None, cancel: threading.Event | None = None
+    ) -> Result: ...
+
+    def close(self) -> None: ...
+
+
 class Engine:
     """Holds the loaded model; protects one file at a time."""
 
@@ -152,6 +173,9 @@ class Engine:
         if reusable(self.detector, cfg):
             return Engine(cfg, self.detector), False
         return Engine(cfg), True
+
+    def close(self) -> None:
+        """Nothing to release: the model goes with the object."""
 
     def protect_file(
         self,

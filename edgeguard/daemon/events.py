@@ -62,6 +62,7 @@ class Finished:
     queued: int  # jobs still waiting in the work folder
     pause: float = 0.0  # seconds before the next task may be handed over (the disk or ledger misbehaved)
     report: FileReport | None = None  # for a final state (done, duplicate, failed)
+    waiting: str | None = None  # why the job waits for the cluster (cluster.mode: only), if it does
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,7 @@ from edgeguard.daemon.claim import (
 from edgeguard.daemon.events import FileReport
 from edgeguard.daemon.folders import Folders
 from edgeguard.durable import fsync_dir, move_noclobber, sweep_copies, write_file
-from edgeguard.engine import Engine, Result
+from edgeguard.engine import EngineLike, Result
 from edgeguard.errors import Cancelled, EdgeguardError, FileError, InputError, SetupError
 from edgeguard.media import image as image_io
 from edgeguard.media import media_kind
@@ -80,7 +80,7 @@ class Jobs:
         cfg: Config,
         folders: Folders,
         ledger: L.Ledger,
-        engine: Engine,
+        engine: EngineLike,
         sink: Sink,
         stopping: threading.Event | None = None,
     ) -> None:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
+from edgeguard.cluster import engine_for
 from edgeguard.config import Config, load_config
 from edgeguard.daemon import events as E
 from edgeguard.daemon.folders import FolderLocks, Folders, prepare
@@ -27,7 +28,7 @@ from edgeguard.daemon.metrics import Metrics
 from edgeguard.daemon.notify import Notifier
 from edgeguard.daemon.watcher import Arrivals
 from edgeguard.daemon.worker import QUEUED, Setup, Worker
-from edgeguard.engine import Engine
+from edgeguard.engine import EngineLike
 from edgeguard.errors import EdgeguardError, ExitCode
 from edgeguard.publish import LocalFolder, Sink
 
@@ -59,6 +60,7 @@ class Current:
     fraction: float = 0.0
     queued: int = 0  # jobs waiting in the work folder
     resume_at: float = 0.0  # no new task before this (monotonic)
+    waiting: str | None = None  # why: the cluster is away (cluster.mode: only); else the disk
 
     def on_event(self, event: E.Event) -> None:
         now = time.monotonic()
@@ -71,6 +73,7 @@ class Current:
         elif isinstance(event, E.Finished):
             self.busy, self.name, self.queued = False, None, event.queued
             self.resume_at = now + event.pause if event.pause else 0.0
+            self.waiting = event.waiting
 
 
 class Service:
@@ -93,11 +96,11 @@ class Service:
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
         (self.hup if signum == signal.SIGHUP else self.stop).set()
 
-    def _load(self, cfg: Config | None = None, engine: Engine | None = None) -> Setup:
+    def _load(self, cfg: Config | None = None, engine: EngineLike | None = None) -> Setup:
         cfg = cfg or load_config(self.config_path, self.overrides)
         folders = prepare(cfg.paths)
         self.locks.hold(folders)  # before the model loads: a second daemon refuses at once
-        return Setup(cfg, folders, engine or Engine(cfg), sink_for(cfg, folders))
+        return Setup(cfg, folders, engine or engine_for(cfg), sink_for(cfg, folders))
 
     def _next_event(self, timeout: float) -> E.Event | None:
         """The worker's next event, after every handler has seen it; None after `timeout` without one."""
@@ -205,7 +208,11 @@ class Service:
                     )
             elif now >= max(paused_until, current.resume_at) and not self.hup.is_set():
                 paused_until = self._hand_over(setup, worker, arrivals, now)
-            paused = "output" if now < paused_until else "storage" if now < current.resume_at else None
+            elif now < current.resume_at and current.waiting:
+                self.set_status(f"paused: {current.waiting}")
+            paused = "output" if now < paused_until else None
+            if paused is None and now < current.resume_at:
+                paused = "cluster" if current.waiting else "storage"
             self.metrics.tick(now, queue=arrivals.pending() + current.queued, busy=current.busy, paused=paused)
             # Signals are seen within a tick; an event (a finished file) wakes the loop at once.
             event = self._next_event(TICK)
@@ -294,6 +301,7 @@ class Service:
             log.error("worker did not stop; exiting anyway")
             logging.shutdown()
             os._exit(ExitCode.INTERNAL)
+        setup.engine.close()  # a cluster's driver process, if any
         self.metrics.write(time.monotonic())  # what the last file did, even within the last second
         self.locks.release()
         log.info("stopped")

@@ -17,13 +17,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from edgeguard.cluster import STAGE as CLUSTER_STAGE
 from edgeguard.config import Config
 from edgeguard.daemon import events as E
 from edgeguard.daemon import ledger as L
 from edgeguard.daemon.claim import Refused
 from edgeguard.daemon.folders import Folders
 from edgeguard.daemon.jobs import Jobs, Stopped, Withdrawn
-from edgeguard.engine import Engine
+from edgeguard.engine import EngineLike
 from edgeguard.errors import Cancelled, FileError, SetupError
 from edgeguard.publish import Sink
 
@@ -37,7 +38,7 @@ POST_PROGRESS = 0.2  # seconds between progress events to the main loop
 class Setup:
     cfg: Config
     folders: Folders
-    engine: Engine
+    engine: EngineLike
     sink: Sink
 
 
@@ -56,6 +57,7 @@ class Worker(threading.Thread):
         self.timed_out = threading.Event()
         self.stopping = threading.Event()  # the daemon stops: interrupts even sealing (see Jobs)
         self.ledger_path = setup.folders.ledger
+        self.waiting: str | None = None  # why the last task waits for the cluster (see E.Finished)
 
     def run(self) -> None:
         try:
@@ -97,6 +99,7 @@ class Worker(threading.Thread):
     def _task(self, path: Path) -> None:
         name: str | None = path.name or None
         outcome, pause, report = "error", 0.0, None
+        self.waiting = None
         try:
             name, outcome, pause, report = self._one(path)
         except (sqlite3.Error, OSError) as exc:  # the ledger's or the folders' disk, not the file
@@ -113,7 +116,7 @@ class Worker(threading.Thread):
             except sqlite3.Error as exc:  # the ledger's disk again: keep the last count, and run on
                 log.error("cannot read the ledger now (%s)", exc)
                 pause = pause or self.setup.cfg.daemon.pause_seconds
-            self.events.put(E.Finished(name, outcome, self.queued, pause, report))
+            self.events.put(E.Finished(name, outcome, self.queued, pause, report, self.waiting))
 
     def _one(self, path: Path) -> tuple[str | None, str, float, E.FileReport | None]:
         """Run one task; returns the file's name, the outcome, a pause before the next and, for a
@@ -154,8 +157,10 @@ class Worker(threading.Thread):
         except Stopped:
             log.info("%s: stopped while sealing its original; the next start finishes it", job.name)
             return job.name, "rolled back", 0.0, None
-        except FileError as exc:  # transient: disk full and the like
+        except FileError as exc:  # transient: disk full, the cluster away, and the like
             log.warning("%s: %s; kept for a retry in %.0f s", job.name, exc.reason, pause)
+            if exc.stage == CLUSTER_STAGE:
+                self.waiting = exc.reason
             return job.name, "retry", pause, None
         except OSError as exc:
             # The folders themselves misbehave (e.g. disk full while moving); nothing is lost,

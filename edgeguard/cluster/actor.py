@@ -1,0 +1,150 @@
+"""What runs on a cluster node: an actor that holds the model and protects what it is sent.
+
+It computes and nothing else: it reads the bytes it is handed and returns the protected bytes,
+working in a private temporary folder it removes; it never sees the gateway's folders. A task
+may run twice (an actor killed mid-task is retried elsewhere, or an orphan finishes a copy):
+nothing it does is visible anywhere, so a second run costs only time.
+
+The model files arrive from the gateway once per node, as Ray objects with their sha256, and
+are kept in the node's cache under that hash; every load checks the hash again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edgeguard import __version__
+from edgeguard.errors import EdgeguardError, FileError, InputError
+
+log = logging.getLogger(__name__)
+
+# The config sections an actor protects with; the rest (folders, sealing, daemon) is the gateway's.
+SECTIONS = ("detector", "protect", "video", "temporal", "media")
+
+
+@dataclass(frozen=True)
+class ModelFile:
+    role: str
+    filename: str
+    sha256: str
+    data: Any  # a Ray ObjectRef to the file's bytes (fetched only by a node that lacks the file)
+    explicit: bool  # given as detector.files.<role>, not found through the manifest
+
+
+@dataclass(frozen=True)
+class Parcel:
+    """The model as the gateway ships it: its manifest's text and its files."""
+
+    name: str
+    manifest: str  # the manifest's YAML, so a custom model needs nothing installed on the node
+    files: tuple[ModelFile, ...]
+
+
+def _sha256(path: Path) -> str:
+    with path.open("rb") as stream:
+        return hashlib.file_digest(stream, "sha256").hexdigest()
+
+
+def cache_root(node_cache: str) -> Path:
+    return Path(node_cache or tempfile.gettempdir()) / "edgeguard-models"
+
+
+def place(parcel: Parcel, root: Path, fetch: Any) -> dict[str, Path]:
+    """Each model file in the node's cache (fetched with `fetch(ref)` only if missing or wrong), by role."""
+    store = root / "sha256"
+    store.mkdir(parents=True, exist_ok=True, mode=0o700)
+    placed: dict[str, Path] = {}
+    for f in parcel.files:
+        path = store / f.sha256
+        if not (path.is_file() and _sha256(path) == f.sha256):
+            data: bytes = fetch(f.data)
+            got = hashlib.sha256(data).hexdigest()
+            if got != f.sha256:
+                raise EdgeguardError(f"model file {f.filename} arrived damaged: sha256 {got}, expected {f.sha256}")
+            fd, tmp = tempfile.mkstemp(dir=store, prefix=".incoming-")
+            try:
+                with os.fdopen(fd, "wb") as out:
+                    out.write(data)
+                    out.flush()
+                    os.fsync(out.fileno())
+                os.replace(tmp, path)  # several actors of one node may place the same file: same bytes
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
+            log.info("received model file %s (%d bytes, sha256 %s)", f.filename, len(data), f.sha256[:16])
+        placed[f.role] = path
+    return placed
+
+
+def settings(sections: dict[str, Any], parcel: Parcel, placed: dict[str, Path], folder: Path) -> Any:
+    """The actor's config: the gateway's protection sections, the model from the node's cache."""
+    from edgeguard.config import Config
+
+    models = folder / "models"
+    manifests = folder / "manifests"
+    (models / parcel.name).mkdir(parents=True)
+    manifests.mkdir()
+    (manifests / f"{parcel.name}.yaml").write_text(parcel.manifest, encoding="utf-8")
+    data = {k: v for k, v in sections.items() if k in SECTIONS}
+    detector = dict(data.get("detector", {}))
+    files = dict(detector.get("files") or {})
+    for f in parcel.files:
+        if f.explicit:
+            files[f.role] = str(placed[f.role])
+        else:
+            (models / parcel.name / f.filename).symlink_to(placed[f.role])
+    detector["files"] = files
+    data["detector"] = detector
+    data["models"] = {"dir": str(models), "manifests": [str(manifests)]}
+    return Config.model_validate(data)
+
+
+class Protector:
+    """A Ray actor (see `bridge`): the model loaded once, then one file or segment per call."""
+
+    def __init__(self, sections: dict[str, Any], parcel: Parcel, node_cache: str) -> None:
+        import ray
+
+        from edgeguard.engine import Engine
+
+        # The gateway's models folder means nothing here; the parcel says where the model is.
+        os.environ.pop("EDGEGUARD_MODELS_DIR", None)
+        self._folder = Path(tempfile.mkdtemp(prefix="edgeguard-actor-"))
+        placed = place(parcel, cache_root(node_cache), ray.get)
+        self.cfg = settings(sections, parcel, placed, self._folder)
+        self.engine = Engine(self.cfg)
+        self.node = ray.get_runtime_context().get_node_id()
+
+    def about(self) -> dict[str, Any]:
+        """Who this actor is, for the pool and `edgeguard doctor`."""
+        import ray
+
+        return {
+            "node": self.node,
+            "edgeguard": __version__,
+            "ray": ray.__version__,
+            "model": self.engine.model_name,
+            "target": self.engine.target,
+            "weights": dict(self.engine.weights),
+            "pid": os.getpid(),
+        }
+
+    def protect(self, data: bytes, suffix: str, out_suffix: str) -> tuple[bytes | None, dict[str, Any]]:
+        """The protected bytes and the engine's result; (None, the error) when the input is at fault."""
+        with tempfile.TemporaryDirectory(dir=self._folder) as tmp:
+            src = Path(tmp) / f"in{suffix}"
+            out = Path(tmp) / f"out{out_suffix}"
+            src.write_bytes(data)
+            try:
+                result = self.engine.protect_file(src, out)
+            except InputError as exc:
+                return None, {"reason": exc.reason, "stage": exc.stage, "input": True, "incomplete": exc.incomplete}
+            except FileError as exc:
+                return None, {"reason": exc.reason, "stage": exc.stage, "input": False, "incomplete": False}
+            return out.read_bytes(), result.as_dict()

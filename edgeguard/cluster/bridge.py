@@ -1,0 +1,347 @@
+"""The Ray driver: a child process of the daemon that sends its files to the cluster's actors.
+
+Ray's driver runs here, not in the daemon: a lost head can leave its calls hanging or end its
+process, and a driver cannot connect again to a cluster that came back. The daemon talks to
+this process over two pipes in JSON lines (see `client`), kills it whenever the cluster stops
+answering, and starts a fresh one when it tries the cluster again.
+
+It reads the file the daemon names (in the daemon's work folder) and writes the protected
+result where the daemon says (a staging name there); it never touches anything else of the
+daemon's. Segments of a long video go to every actor at once; a segment whose actor died is
+sent to another; the protected segments are joined here (`segments.join`).
+
+Messages out: {"ready": {...}} once connected and the actors hold the model, then per request
+{"progress": f} ..., and {"done": result} | {"failed": error} | {"unavailable": reason}; for
+{"op": "nodes"}, {"nodes": [...]}.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import sys
+import time
+from collections import Counter, deque
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from edgeguard.cluster import segments
+from edgeguard.cluster.actor import ModelFile, Parcel, Protector
+from edgeguard.media import media_kind
+
+log = logging.getLogger(__name__)
+
+WAIT = 0.5  # seconds between progress messages while the cluster works
+READY_WAIT = 600.0  # an actor's first start may fetch and load a large model
+SEGMENT_TRIES = 3  # a segment given to this many actors that died is the cluster's failure
+
+
+class Unavailable(Exception):
+    """The cluster cannot take the work now (unreachable, no live actor)."""
+
+
+class Refused(Exception):
+    """An actor found the input itself at fault: the daemon fails the file."""
+
+    def __init__(self, error: dict[str, Any]) -> None:
+        super().__init__(error["reason"])
+        self.error = error
+
+
+@dataclass
+class Member:
+    handle: Any  # the actor
+    node: str
+    about: dict[str, Any]
+
+
+def reachable(address: str, timeout: float) -> str | None:
+    """None if the head's port accepts a connection within `timeout`, else why not."""
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            return None
+    except OSError as exc:
+        return f"cannot reach the Ray head at {address}: {exc.strerror or exc}"
+
+
+class Pool:
+    """The actors, `actors_per_node` on every live node with the CPUs for them."""
+
+    def __init__(self, request: dict[str, Any], send: Any) -> None:
+        import ray
+
+        self.ray = ray
+        self.cluster = request["cluster"]
+        self.sections = request["sections"]
+        self.send = send
+        self.members: list[Member] = []
+        self.failed_nodes: dict[str, str] = {}  # node -> why its actors could not start
+        model = request["model"]
+        files = []
+        for f in model["files"]:
+            data = Path(f["path"]).read_bytes()
+            files.append(ModelFile(f["role"], f["filename"], f["sha256"], ray.put(data), f["explicit"]))
+        # Put once: Ray sends each object to a node at most once, and only to a node that asks.
+        self.parcel = Parcel(model["name"], model["manifest"], tuple(files))
+        cpus = self.cluster["actor_cpus"]
+        self.actor = ray.remote(num_cpus=cpus, max_restarts=0, max_task_retries=0)(Protector)
+
+    def nodes(self) -> list[dict[str, Any]]:
+        return [n for n in self.ray.nodes() if n.get("Alive")]
+
+    def refresh(self) -> None:
+        """Drop dead actors, start missing ones, and wait until the new ones hold the model."""
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        alive = {n["NodeID"]: n for n in self.nodes()}
+        self.members = [m for m in self.members if m.node in alive]
+        cpus = self.cluster["actor_cpus"]
+        starting = []
+        for node_id, node in alive.items():
+            have = sum(1 for m in self.members if m.node == node_id)
+            room = int(node.get("Resources", {}).get("CPU", 0) // cpus)
+            for _ in range(min(self.cluster["actors_per_node"], room) - have):
+                strategy = NodeAffinitySchedulingStrategy(node_id, soft=False)
+                handle = self.actor.options(scheduling_strategy=strategy).remote(
+                    self.sections, self.parcel, self.cluster["node_cache"]
+                )
+                starting.append((node_id, handle, handle.about.remote()))
+        if starting:
+            self._started(starting)
+        if not self.members:
+            raise Unavailable(f"no node of the cluster at {self.cluster['address']} can run an actor")
+
+    def _started(self, starting: list[tuple[str, Any, Any]]) -> None:
+        refs = {ref: (node, handle) for node, handle, ref in starting}
+        deadline = time.monotonic() + READY_WAIT
+        pending = list(refs)
+        while pending and time.monotonic() < deadline:
+            done, pending = self.ray.wait(pending, num_returns=len(pending), timeout=WAIT)
+            self.send({"progress": 0.0})
+            for ref in done:
+                node, handle = refs[ref]
+                try:
+                    about = self.ray.get(ref)
+                except Exception as exc:  # noqa: BLE001 - any actor failure: that node cannot serve
+                    why = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+                    self.failed_nodes[node] = why
+                    log.error("an actor on node %s could not start: %s", node[:12], why)
+                    continue
+                self.failed_nodes.pop(node, None)
+                self.members.append(Member(handle, node, about))
+        for ref in pending:
+            node, handle = refs[ref]
+            self.ray.kill(handle)
+            self.failed_nodes[node] = f"did not start within {READY_WAIT:.0f} s"
+
+    def drop(self, member: Member) -> None:
+        if member in self.members:
+            self.members.remove(member)
+
+
+class Bridge:
+    def __init__(self, request: dict[str, Any], out: IO[str]) -> None:
+        self.out = out
+        self.request = request
+        self.pool = Pool(request, self.send)
+
+    def send(self, message: dict[str, Any]) -> None:
+        self.out.write(json.dumps(message) + "\n")
+        self.out.flush()
+
+    def serve(self, requests: IO[str]) -> None:
+        self.pool.refresh()
+        self.send({"ready": {"actors": len(self.pool.members), "nodes": len({m.node for m in self.pool.members})}})
+        for line in requests:
+            request = json.loads(line)
+            if request["op"] == "nodes":
+                self.send({"nodes": self.describe()})
+                continue
+            try:
+                result = self.protect(Path(request["src"]), Path(request["out"]))
+            except Refused as exc:
+                self.send({"failed": exc.error})
+            except Unavailable as exc:
+                self.send({"unavailable": str(exc)})
+                return  # a fresh driver tries again later
+            else:
+                self.send({"done": result})
+
+    def describe(self) -> list[dict[str, Any]]:
+        """Every live node: its resources, and what its actors report (versions, model hashes)."""
+        self.pool.refresh()
+        out = []
+        for node in self.pool.nodes():
+            node_id = node["NodeID"]
+            actors = [m.about for m in self.pool.members if m.node == node_id]
+            out.append(
+                {
+                    "node": node_id,
+                    "address": node.get("NodeManagerAddress"),
+                    "cpus": node.get("Resources", {}).get("CPU", 0),
+                    "actors": actors,
+                    "problem": self.pool.failed_nodes.get(node_id),
+                }
+            )
+        return out
+
+    # ---------------------------------------------------------------- protecting
+
+    def protect(self, src: Path, out: Path) -> dict[str, Any]:
+        self.pool.refresh()
+        seconds = self.request["cluster"]["segment_seconds"]
+        plan = segments.plan(src, seconds) if media_kind(src) == "video" and seconds > 0 else None
+        if plan is not None:
+            try:
+                return self._segmented(src, out, plan)
+            except segments.JoinError as exc:
+                log.warning("%s: %s; protecting it whole", src.name, exc)
+        started = time.monotonic()
+        data, result = self._run([(0, src.read_bytes())], src.suffix, out.suffix, lambda _k, d: d)[0]
+        out.write_bytes(data)
+        _fsync(out)
+        seconds = time.monotonic() - started
+        fps = round(result["frames"] / seconds, 3) if seconds else 0.0
+        return {**result, "seconds": round(seconds, 3), "fps": fps, "segments": 1}
+
+    def _segmented(self, src: Path, out: Path, plan: segments.Plan) -> dict[str, Any]:
+        started = time.monotonic()
+        parts = [out.with_name(f"{out.name}.seg{s.index:04d}.mp4") for s in plan.segments]
+        try:
+
+            def keep(k: int, data: bytes) -> Path:
+                parts[k].write_bytes(data)
+                return parts[k]
+
+            pieces = ((s.index, data) for s, data in segments.cut(src, plan.segments))
+            results = self._run(pieces, ".mp4", ".mp4", keep, total=len(plan.segments))
+            audio = self.request["sections"]["video"]["audio"] == "keep"
+            segments.join(src, parts, plan, out, audio=audio)
+            _fsync(out)
+        finally:
+            for part in parts:
+                part.unlink(missing_ok=True)
+        merged = _merge([r for _, r in results])
+        frames = merged["frames"]
+        seconds = time.monotonic() - started
+        log.info("%s: %d segments on %d actors", src.name, len(parts), len(self.pool.members))
+        return {
+            **merged,
+            "seconds": round(seconds, 3),
+            "fps": round(frames / seconds, 3) if seconds else 0.0,
+            "segments": len(parts),
+        }
+
+    def _run(
+        self,
+        pieces: Iterator[tuple[int, bytes]] | list[tuple[int, bytes]],
+        suffix: str,
+        out_suffix: str,
+        keep: Any,
+        total: int = 1,
+    ) -> list[tuple[Any, dict[str, Any]]]:
+        """Protect every piece on the pool, at most one per actor at a time; results in piece order."""
+        ray = self.ray
+        source = iter(pieces)
+        retry: deque[tuple[int, Any, int]] = deque()  # (piece, its object, tries so far)
+        running: dict[Any, tuple[int, Any, int, Member]] = {}
+        results: dict[int, tuple[Any, dict[str, Any]]] = {}
+        exhausted = False
+        while True:
+            idle = [m for m in self.pool.members if all(r[3] is not m for r in running.values())]
+            for member in idle:
+                if retry:
+                    k, obj, tries = retry.popleft()
+                else:
+                    nxt = None if exhausted else next(source, None)
+                    if nxt is None:
+                        exhausted = True
+                        break
+                    k, obj, tries = nxt[0], ray.put(nxt[1]), 0
+                ref = member.handle.protect.remote(obj, suffix, out_suffix)
+                running[ref] = (k, obj, tries, member)
+            if not running:
+                if exhausted and not retry:
+                    return [results[k] for k in sorted(results)]
+                self.pool.refresh()  # every actor died: start new ones on the nodes still alive
+                continue
+            done, _ = ray.wait(list(running), num_returns=1, timeout=WAIT)
+            self.send({"progress": len(results) / total})
+            for ref in done:
+                k, obj, tries, member = running.pop(ref)
+                try:
+                    data, result = ray.get(ref)
+                except ray.exceptions.RayActorError as exc:
+                    self.pool.drop(member)
+                    log.warning("an actor on node %s died during piece %d; sending it elsewhere", member.node[:12], k)
+                    if tries + 1 >= SEGMENT_TRIES:
+                        raise Unavailable(f"piece {k} lost {SEGMENT_TRIES} actors: {exc}") from exc
+                    retry.append((k, obj, tries + 1))
+                    continue
+                if data is None:
+                    raise Refused(result)
+                results[k] = (keep(k, data), result)
+
+    @property
+    def ray(self) -> Any:
+        return self.pool.ray
+
+
+def _merge(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """One result for the whole video from its segments' results."""
+    frames = sum(r["frames"] for r in results)
+    classes: Counter[str] = Counter()
+    for r in results:
+        classes.update(r["classes"])
+    first = results[0]
+    return {
+        "kind": "video",
+        "frames": frames,
+        "detections": sum(r["detections"] for r in results),
+        "keyframes": sum(r["keyframes"] for r in results),
+        "classes": dict(sorted(classes.items())),
+        "hidden_mean": round(sum(r["hidden_mean"] * r["frames"] for r in results) / frames, 6) if frames else 0.0,
+        "hidden_max": max(r["hidden_max"] for r in results),
+        "model": first["model"],
+        "target": first["target"],
+    }
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def main(argv: list[str]) -> int:
+    """`python -m edgeguard.cluster.bridge REPLY_FD`: the request comes on stdin, replies on REPLY_FD."""
+    out = os.fdopen(int(argv[1]), "w", buffering=1)
+    logging.basicConfig(level=os.environ.get("EDGEGUARD_BRIDGE_LOG", "INFO"), format="bridge: %(message)s")
+    request = json.loads(sys.stdin.readline())
+    cluster = request["cluster"]
+    why = reachable(cluster["address"], cluster["connect_timeout"])
+    if why is not None:
+        out.write(json.dumps({"unavailable": why}) + "\n")
+        return 0
+    import ray
+
+    try:
+        ray.init(address=cluster["address"], namespace="edgeguard", log_to_driver=False, logging_level=logging.WARNING)
+        bridge = Bridge(request, out)
+        bridge.serve(sys.stdin)
+    except Unavailable as exc:
+        out.write(json.dumps({"unavailable": str(exc)}) + "\n")
+    except ConnectionError as exc:
+        out.write(json.dumps({"unavailable": f"cannot join the cluster at {cluster['address']}: {exc}"}) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
