@@ -147,4 +147,4 @@ class Protector:
                 return None, {"reason": exc.reason, "stage": exc.stage, "input": True, "incomplete": exc.incomplete}
             except FileError as exc:
                 return None, {"reason": exc.reason, "stage": exc.stage, "input": False, "incomplete": False}
-            return out.read_bytes(), result.as_dict()
+            return out.read_bytes(), {**result.as_dict(), "node": self.node}

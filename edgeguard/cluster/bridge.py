@@ -17,9 +17,12 @@ Messages out: {"ready": {...}} once connected and the actors hold the model, the
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import json
 import logging
 import os
+import signal
 import socket
 import sys
 import time
@@ -37,6 +40,7 @@ log = logging.getLogger(__name__)
 
 WAIT = 0.5  # seconds between progress messages while the cluster works
 READY_WAIT = 600.0  # an actor's first start may fetch and load a large model
+PR_SET_PDEATHSIG = 1  # prctl(2)
 SEGMENT_TRIES = 3  # a segment given to this many actors that died is the cluster's failure
 
 
@@ -207,7 +211,7 @@ class Bridge:
         _fsync(out)
         seconds = time.monotonic() - started
         fps = round(result["frames"] / seconds, 3) if seconds else 0.0
-        return {**result, "seconds": round(seconds, 3), "fps": fps, "segments": 1}
+        return {**result, "seconds": round(seconds, 3), "fps": fps, "segments": 1, "nodes": 1}
 
     def _segmented(self, src: Path, out: Path, plan: segments.Plan) -> dict[str, Any]:
         started = time.monotonic()
@@ -220,8 +224,8 @@ class Bridge:
 
             pieces = ((s.index, data) for s, data in segments.cut(src, plan.segments))
             results = self._run(pieces, ".mp4", ".mp4", keep, total=len(plan.segments))
-            audio = self.request["sections"]["video"]["audio"] == "keep"
-            segments.join(src, parts, plan, out, audio=audio)
+            video = self.request["sections"]["video"]
+            segments.join(src, parts, plan, out, audio=video["audio"] == "keep", keep_metadata=video["keep_metadata"])
             _fsync(out)
         finally:
             for part in parts:
@@ -229,9 +233,11 @@ class Bridge:
         merged = _merge([r for _, r in results])
         frames = merged["frames"]
         seconds = time.monotonic() - started
-        log.info("%s: %d segments on %d actors", src.name, len(parts), len(self.pool.members))
+        nodes = len({r["node"] for _, r in results})
+        log.info("%s: %d segments on %d nodes", src.name, len(parts), nodes)
         return {
             **merged,
+            "nodes": nodes,
             "seconds": round(seconds, 3),
             "fps": round(frames / seconds, 3) if seconds else 0.0,
             "segments": len(parts),
@@ -320,8 +326,18 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
+def _die_with(parent: int) -> None:
+    """Be killed when the daemon dies, even by SIGKILL: no driver may outlive its daemon."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # it died before the line above
+        os._exit(1)
+
+
 def main(argv: list[str]) -> int:
-    """`python -m edgeguard.cluster.bridge REPLY_FD`: the request comes on stdin, replies on REPLY_FD."""
+    """`python -m edgeguard.cluster.bridge REPLY_FD PARENT_PID`: the request comes on stdin, replies on REPLY_FD."""
+    _die_with(int(argv[2]))
     out = os.fdopen(int(argv[1]), "w", buffering=1)
     logging.basicConfig(level=os.environ.get("EDGEGUARD_BRIDGE_LOG", "INFO"), format="bridge: %(message)s")
     request = json.loads(sys.stdin.readline())

@@ -13,6 +13,7 @@ When the cluster cannot take a file, `cluster.mode` decides: `prefer` protects i
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import logging
 import os
@@ -30,7 +31,7 @@ from edgeguard.cluster import STAGE
 from edgeguard.config import Config
 from edgeguard.detectors.factory import model_files
 from edgeguard.engine import Engine, Progress, Result
-from edgeguard.errors import Cancelled, FileError, InputError
+from edgeguard.errors import Cancelled, FileError, InputError, SetupError
 from edgeguard.media import media_kind
 from edgeguard.models import digest
 
@@ -88,7 +89,7 @@ class Bridge:
         request = {"cluster": cfg.cluster.model_dump(mode="json"), "sections": sections, "model": parcel}
         try:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "edgeguard.cluster.bridge", str(reply_w)],
+                [sys.executable, "-m", "edgeguard.cluster.bridge", str(reply_w), str(os.getpid())],
                 stdin=subprocess.PIPE,
                 stdout=sys.stderr,  # Ray's own chatter goes to the journal, never into the replies
                 pass_fds=(reply_w,),
@@ -146,6 +147,8 @@ class ClusterEngine:
     """Protects files on the cluster at `cluster.address`, with this machine's engine as the fallback."""
 
     def __init__(self, cfg: Config, local: Engine | None = None) -> None:
+        if importlib.util.find_spec("ray") is None:
+            raise SetupError("cluster.address is set but Ray is not installed: pip install 'edgeguard[cluster]'")
         self.cfg = cfg
         self._parcel = model_parcel(cfg)  # the gateway must hold the model it ships (exit 3 if not)
         self._local = local
@@ -280,7 +283,7 @@ class ClusterEngine:
             r["seconds"],
             r["fps"],
             r["model"],
-            f"{r['target']} on the cluster ({r['segments']} segment{'s' if r['segments'] != 1 else ''})",
+            f"{r['target']} on the cluster ({_count(r['segments'], 'segment')} on {_count(r['nodes'], 'node')})",
             r["keyframes"],
             r["classes"],
             r["hidden_mean"],
@@ -310,3 +313,7 @@ class ClusterEngine:
         out.unlink(missing_ok=True)
         for part in out.parent.glob(f"{out.name}.seg*"):
             part.unlink(missing_ok=True)
+
+
+def _count(n: int, what: str) -> str:
+    return f"{n} {what}{'' if n == 1 else 's'}"

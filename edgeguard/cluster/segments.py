@@ -28,6 +28,7 @@ from av.video.stream import VideoStream
 
 from edgeguard.media.audio import AudioTrack
 from edgeguard.media.container import open_input, start_offset
+from edgeguard.media.video import TECHNICAL_TAGS
 
 log = logging.getLogger(__name__)
 
@@ -138,8 +139,9 @@ def cut(src: Path, segments: tuple[Segment, ...]) -> Iterator[tuple[Segment, byt
             yield segment, buffer.getvalue()
 
 
-def join(src: Path, parts: list[Path], plan_: Plan, out: Path, *, audio: bool) -> None:
-    """Join the protected segments `parts` (in order) into `out`, with `src`'s audio when `audio`.
+def join(src: Path, parts: list[Path], plan_: Plan, out: Path, *, audio: bool, keep_metadata: bool = False) -> None:
+    """Join the protected segments `parts` (in order) into `out`, with `src`'s audio when `audio`
+    and its tags when `keep_metadata` (as `VideoWriter` writes them).
 
     JoinError when the result would not have exactly the input's frames and timestamps, or the
     segments' encodings cannot share one stream; `out` is then removed.
@@ -147,15 +149,15 @@ def join(src: Path, parts: list[Path], plan_: Plan, out: Path, *, audio: bool) -
     if len(parts) != len(plan_.segments):
         raise JoinError(f"{len(parts)} protected segments for {len(plan_.segments)}")
     try:
-        _join(src, parts, plan_, out, audio)
+        _join(src, parts, plan_, out, audio, keep_metadata)
     except BaseException:
         out.unlink(missing_ok=True)
         raise
 
 
-def _join(src: Path, parts: list[Path], plan_: Plan, out: Path, audio: bool) -> None:
+def _join(src: Path, parts: list[Path], plan_: Plan, out: Path, audio: bool, keep_metadata: bool) -> None:
     inputs = [av.open(os.fspath(p), "r") for p in parts]
-    source = open_input(src) if audio else None
+    source = open_input(src) if audio or keep_metadata else None
     try:
         streams = [c.streams.video[0] for c in inputs]
         first = streams[0]
@@ -170,10 +172,22 @@ def _join(src: Path, parts: list[Path], plan_: Plan, out: Path, audio: bool) -> 
         with av.open(os.fspath(out), "w", format="mp4", container_options={"movflags": "+faststart"}) as dst:
             video = dst.add_stream_from_template(first)
             video.time_base = tb
-            track = AudioTrack.add(dst, source, out) if source is not None else None
+            track = AudioTrack.add(dst, source, out) if source is not None and audio else None
+            if keep_metadata and source is not None:
+                dst.metadata.update({k: v for k, v in source.metadata.items() if k not in TECHNICAL_TAGS})
+                original = _video(source)
+                if original is not None:
+                    video.metadata.update(original.metadata)
+                if track is not None:
+                    track.copy_metadata()
             dst.start_encoding()
+            last: int | None = None
             for segment, container, stream in zip(plan_.segments, inputs, streams, strict=True):
                 for packet in _shifted(container, stream, segment, tb):
+                    if packet.dts is not None:
+                        if last is not None and packet.dts <= last:
+                            raise JoinError(f"segment {segment.index} overlaps the one before it")
+                        last = packet.dts
                     if packet.pts is not None:
                         written.append(packet.pts)
                     packet.stream = video
@@ -193,7 +207,9 @@ def _join(src: Path, parts: list[Path], plan_: Plan, out: Path, audio: bool) -> 
         raise JoinError(f"the joined video has {len(written)} frames, or other timestamps, for {plan_.frames}")
 
 
-def _shifted(container: InputContainer, stream: VideoStream, segment: Segment, tb: Fraction) -> Iterator[Packet[VideoStream]]:
+def _shifted(
+    container: InputContainer, stream: VideoStream, segment: Segment, tb: Fraction
+) -> Iterator[Packet[VideoStream]]:
     """The segment's packets in the input's time base, moved to where the segment starts."""
     own = stream.time_base or tb
     for packet in container.demux(stream):

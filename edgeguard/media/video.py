@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 _TRANSIENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO})
 
 # Container/stream tags the muxer writes itself; copying them as metadata is meaningless.
-_TECHNICAL_TAGS = frozenset({"major_brand", "minor_version", "compatible_brands", "encoder"})
+TECHNICAL_TAGS = frozenset({"major_brand", "minor_version", "compatible_brands", "encoder"})
 
 # AVColorSpace -> swscale matrix, so BGR is converted back with the source's matrix.
 _SWS_MATRIX = {
@@ -513,7 +513,7 @@ class VideoWriter:
         return stream
 
     def _copy_metadata(self, src: InputContainer) -> None:
-        self._out.metadata.update({k: v for k, v in src.metadata.items() if k not in _TECHNICAL_TAGS})
+        self._out.metadata.update({k: v for k, v in src.metadata.items() if k not in TECHNICAL_TAGS})
         src_video = _video_stream(src)
         if src_video is not None:
             self._video.metadata.update(src_video.metadata)

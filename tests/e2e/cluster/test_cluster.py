@@ -1,0 +1,159 @@
+"""The real daemon against a real Ray cluster on this machine: a head and two worker nodes.
+
+Each test starts the cluster as it needs it, then the daemon as a subprocess (its Ray driver is
+a child of it); the outputs are checked as a camera's users would see them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import av
+
+from edgeguard.config import load_config
+from edgeguard.engine import Engine
+from tests.conftest import media
+from tests.e2e.cluster.conftest import RayCluster, retitled
+from tests.e2e.daemon.conftest import Clips, Daemon, assert_clean, frame_count, regular_files, wait_until
+
+CLUSTER_TIMEOUT = 240.0  # seconds for a handful of files on two one-CPU nodes of a busy 2-core machine
+
+
+def _video(path: Path) -> tuple[str, list[float], int]:
+    """The video codec, every frame's time in seconds (presentation order), and the audio packets."""
+    with av.open(os.fspath(path)) as c:
+        v = c.streams.video[0]
+        assert v.time_base is not None
+        times = sorted(float(p.pts * v.time_base) for p in c.demux(v) if p.size)
+        codec = v.codec_context.name
+    with av.open(os.fspath(path)) as c:
+        audio = sum(1 for p in c.demux(c.streams.audio[0]) if p.size) if c.streams.audio else 0
+    return codec, times, audio
+
+
+def _targets(d: Daemon) -> dict[str, str]:
+    """Each output's name and the target its audit record says did the work."""
+    out = {}
+    for row in d.audits():
+        record = json.loads(row["record"])
+        out[Path(record["output"]["path"]).name] = record["target"]
+    return out
+
+
+def test_files_are_protected_once_on_the_cluster_as_they_are_locally(
+    cluster_daemon: Daemon, ray_cluster: RayCluster, clip10: Path, long_video: Path, models_dir: Path, tmp_path: Path
+) -> None:
+    ray_cluster.start()
+    d = cluster_daemon
+    d.start()
+    inputs = {"short.mp4": clip10, "photo.jpg": media("city.jpg"), "long.mp4": long_video}
+    for name, src in inputs.items():
+        d.drop(src, name)
+    d.wait_idle(timeout=CLUSTER_TIMEOUT)
+
+    assert regular_files(d.output) == ["long.mp4", "photo.jpg", "short.mp4"]
+    jobs = d.jobs()
+    assert sorted((j["name"], j["state"], j["attempts"]) for j in jobs) == [
+        ("long.mp4", "done", 1),
+        ("photo.jpg", "done", 1),
+        ("short.mp4", "done", 1),
+    ]
+    targets = _targets(d)
+    assert all("on the cluster" in t for t in targets.values()), targets
+    # The long video went out in 1 s segments to both worker nodes and came back as one file.
+    assert "(20 segments on 2 nodes)" in targets["long.mp4"], targets
+    assert "connected to the cluster" in d.log()
+
+    os.environ["EDGEGUARD_MODELS_DIR"] = str(models_dir)
+    try:
+        local = Engine(load_config(d.cfg_path))
+    finally:
+        del os.environ["EDGEGUARD_MODELS_DIR"]
+    for name in ("short.mp4", "long.mp4"):
+        here = tmp_path / f"local-{name}"
+        local.protect_file(inputs[name], here)
+        codec, times, audio = _video(d.output / name)
+        assert (codec, times, audio) == _video(here), name
+        assert frame_count(d.output / name) == frame_count(inputs[name]) == frame_count(here)
+    assert _video(d.output / "long.mp4")[2] > 900  # the tone's AAC packets, all of them
+    assert_clean(d)
+    assert d.terminate(timeout=30) == 0
+
+
+def test_a_worker_node_killed_mid_file_loses_nothing_and_doubles_nothing(
+    cluster_daemon: Daemon, ray_cluster: RayCluster, long_video: Path, tmp_path: Path
+) -> None:
+    ray_cluster.start()
+    d = cluster_daemon
+    d.start()
+    d.drop(long_video, "long.mp4")
+    # Mid-file: the segments are out on both nodes.
+    wait_until(lambda: "connected to the cluster" in d.log(), 120, "the daemon to reach the cluster", 0.1, d.log_tail)
+    wait_until(
+        lambda: any(j["progress"] and j["progress"] > 0.1 for j in d.jobs()), 120, "segments done", 0.1, d.log_tail
+    )
+    ray_cluster.kill_worker(0)
+    d.wait_idle(timeout=CLUSTER_TIMEOUT)
+
+    assert regular_files(d.output) == ["long.mp4"]
+    [job] = d.jobs()
+    assert (job["state"], job["attempts"]) == ("done", 1)
+    assert frame_count(d.output / "long.mp4") == frame_count(long_video)
+    assert "died during piece" in d.log()
+    assert_clean(d)
+    d.assert_alive()
+    # And the node that is left keeps working.
+    d.drop(retitled(long_video, tmp_path / "again.mp4", "again"))
+    d.wait_idle(timeout=CLUSTER_TIMEOUT)
+    assert "(20 segments on 1 node)" in _targets(d)["again.mp4"]
+    assert d.terminate(timeout=30) == 0
+
+
+def test_without_the_cluster_prefer_protects_here(
+    cluster_daemon: Daemon, ray_cluster: RayCluster, clip10: Path, clips: Clips
+) -> None:
+    ray_cluster.start()
+    d = cluster_daemon
+    d.start()
+    d.drop(clip10, "first.mp4")
+    d.wait_idle(timeout=CLUSTER_TIMEOUT)
+    ray_cluster.stop()  # the whole cluster gone, head included
+    other = clips.clip(10, 10)
+    d.drop(other, "second.mp4")
+    d.wait_idle(timeout=CLUSTER_TIMEOUT)
+
+    assert regular_files(d.output) == ["first.mp4", "second.mp4"]
+    targets = _targets(d)
+    assert "on the cluster" in targets["first.mp4"]
+    assert "on the cluster" not in targets["second.mp4"]
+    assert any("second.mp4 on this machine" in line for line in d.log().splitlines())
+    assert frame_count(d.output / "second.mp4") == frame_count(other)
+    assert_clean(d)
+    assert d.terminate(timeout=30) == 0
+
+
+def test_without_the_cluster_only_pauses_and_resumes_when_it_returns(
+    cluster_daemon: Daemon, ray_cluster: RayCluster, clip10: Path
+) -> None:
+    d = cluster_daemon
+    d.configure(cluster={"mode": "only"})
+    d.start()  # no cluster yet: the daemon starts all the same, and waits for it
+    mark = d.mark()
+    d.drop(clip10, "waits.mp4")
+    d.wait_field("STATUS", "paused: cluster unavailable", since=mark, timeout=60)
+    time.sleep(3)  # several retries (pause_seconds 1) while it is away
+    assert regular_files(d.output) == []
+    [job] = d.jobs()
+    assert job["state"] == "queued" and job["attempts"] == 0  # waiting is not a failed attempt
+    assert regular_files(d.failed) == []
+
+    ray_cluster.start()
+    d.wait_idle(timeout=CLUSTER_TIMEOUT)
+    assert regular_files(d.output) == ["waits.mp4"]
+    assert "on the cluster" in _targets(d)["waits.mp4"]
+    assert frame_count(d.output / "waits.mp4") == frame_count(clip10)
+    assert_clean(d)
+    assert d.terminate(timeout=30) == 0
