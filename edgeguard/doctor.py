@@ -7,7 +7,7 @@ import sys
 import av
 import cv2
 
-from edgeguard import dnn_target, seal
+from edgeguard import __version__, dnn_target, seal
 from edgeguard.config import Config
 from edgeguard.detectors.factory import model_files
 from edgeguard.errors import EdgeguardError, ExitCode
@@ -42,6 +42,54 @@ def _sealing(cfg: Config, blockers: list[str]) -> None:
         return
     prints = ", ".join(seal.fingerprint(k) for k in keys)
     _line(True, "sealing", f"{' and '.join(what)} sealed to {len(keys)} key(s): {prints}")
+
+
+def _cluster(cfg: Config, blockers: list[str]) -> None:
+    """The cluster's nodes: their versions, their actors, and whether the model reached them intact."""
+    c = cfg.cluster
+    if not c.on:
+        _line(None, "cluster", "off (cluster.address is empty: files are protected on this machine)")
+        return
+    from edgeguard.cluster.client import ClusterEngine, Unavailable
+
+    try:
+        engine = ClusterEngine(cfg)
+    except EdgeguardError as exc:
+        _line(False, "cluster", str(exc))
+        blockers.append("the cluster cannot be used")
+        return
+    try:
+        nodes = engine.nodes()
+    except Unavailable as exc:
+        if c.mode == "only":
+            _line(False, "cluster", f"{c.address}: {exc}")
+            blockers.append("the cluster is unavailable (cluster.mode: only)")
+        else:
+            _line(None, "cluster", f"{c.address}: {exc} (cluster.mode: prefer: files are protected here meanwhile)")
+        return
+    finally:
+        engine.close()
+    actors = sum(len(n["actors"]) for n in nodes)
+    _line(actors > 0, "cluster", f"{c.address}: {len(nodes)} nodes, {actors} actors (mode {c.mode})")
+    if not actors and c.mode == "only":
+        blockers.append("no node of the cluster runs an actor (cluster.mode: only)")
+    for node in nodes:
+        what = f"node {node['address']} {node['node'][:8]}"
+        if not node["actors"]:
+            why = node["problem"] or f"no actor: {node['cpus']:g} CPUs free, actors take {c.actor_cpus:g}"
+            _line(False if node["problem"] else None, what, why)
+            continue
+        about = node["actors"][0]
+        same_model = all(a["weights"] == dict(engine.weights) for a in node["actors"])
+        same_version = about["edgeguard"] == __version__
+        arrived = "received, sha256 verified" if same_model else "DIFFERS from this machine's"
+        model = f"model {about['model']} {arrived}"
+        version = f"edgeguard {about['edgeguard']}" + ("" if same_version else f" (this machine: {__version__})")
+        _line(
+            same_model and same_version,
+            what,
+            f"{version}, Ray {about['ray']}, {len(node['actors'])} actor(s) on {about['target']}, {model}",
+        )
 
 
 def run_doctor(cfg: Config) -> int:
@@ -79,6 +127,7 @@ def run_doctor(cfg: Config) -> int:
         _line(False, f"model {cfg.detector.model}", str(exc))
         blockers.append(f"model {cfg.detector.model} is not ready")
     _sealing(cfg, blockers)
+    _cluster(cfg, blockers)
     if blockers:
         print(f"the configured setup cannot run here: {'; '.join(blockers)}", file=sys.stdout)
         return ExitCode.SETUP

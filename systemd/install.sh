@@ -21,6 +21,7 @@
 #   EDGEGUARD_PIP_ARGS   extra `pip install` arguments, e.g. "--no-index --find-links /srv/wheels"
 #                        on an offline gateway
 #   EDGEGUARD_SKIP_PIP=1 create the venv but do not pip install (tests; packagers installing wheels)
+#   EDGEGUARD_EXTRAS     extras besides systemd, e.g. "cluster" for Ray (README, "Running on a cluster")
 set -euo pipefail
 umask 022 # the venv and manifests must be readable by the service user whatever root's umask is
 
@@ -35,6 +36,7 @@ ROOT=${ROOT%/}
 SRC=${EDGEGUARD_SRC:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}
 PYTHON=${PYTHON:-/usr/bin/python3}
 SKIP_PIP=${EDGEGUARD_SKIP_PIP:-0}
+EXTRAS=systemd${EDGEGUARD_EXTRAS:+,$EDGEGUARD_EXTRAS}
 read -r -a PIP_ARGS <<<"${EDGEGUARD_PIP_ARGS:-}"
 
 NAME=edgeguard
@@ -92,8 +94,8 @@ if [ "$SKIP_PIP" = 1 ]; then
 	say "venv at $ROOT$VENV (EDGEGUARD_SKIP_PIP=1: edgeguard not installed into it)"
 else
 	[ -x "$ROOT$VENV/bin/pip" ] || "$PYTHON" -m venv "$ROOT$VENV"
-	say "installing ${SRC}[systemd] into $ROOT$VENV (systemd-python needs libsystemd-dev, pkg-config, gcc, python3-dev)"
-	"$ROOT$VENV/bin/pip" install --quiet --disable-pip-version-check --upgrade "${PIP_ARGS[@]}" "${SRC}[systemd]"
+	say "installing ${SRC}[$EXTRAS] into $ROOT$VENV (systemd-python needs libsystemd-dev, pkg-config, gcc, python3-dev)"
+	"$ROOT$VENV/bin/pip" install --quiet --disable-pip-version-check --upgrade "${PIP_ARGS[@]}" "${SRC}[$EXTRAS]"
 	[ -x "$ROOT$VENV/bin/edgeguard" ] || die "pip did not install $ROOT$VENV/bin/edgeguard"
 fi
 

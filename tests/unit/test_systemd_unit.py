@@ -230,3 +230,43 @@ def test_install_keeps_an_existing_config_and_refreshes_the_rest(tmp_path: Path)
     assert "keeping the existing" in proc.stdout
     assert not stale.exists()
     assert unit.read_bytes() == UNIT.read_bytes()
+
+
+# ------------------------------------------------------------------------------- the cluster drop-in
+
+CLUSTER_DROPIN = REPO / "systemd" / "cluster.conf"
+
+
+def _verify_with_dropin(analyze: str, tmp_path: Path, extra: str = "") -> list[str]:
+    """systemd-analyze verify of the unit with the cluster drop-in beside it; the lines about edgeguard."""
+    copy = _runnable_copy(tmp_path)
+    dropins = tmp_path / f"{UNIT.name}.d"
+    dropins.mkdir(exist_ok=True)
+    (dropins / CLUSTER_DROPIN.name).write_text(CLUSTER_DROPIN.read_text(encoding="utf-8") + extra, encoding="utf-8")
+    proc = subprocess.run([analyze, "verify", str(copy)], capture_output=True, text=True, timeout=120, check=False)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output
+    return [line for line in output.splitlines() if "edgeguard" in line]
+
+
+def test_cluster_dropin_verifies(analyze: str, tmp_path: Path) -> None:
+    # The drop-in is read (a key systemd does not know in it is reported) ...
+    assert any("cluster.conf" in line for line in _verify_with_dropin(analyze, tmp_path, "NotAKey=1\n"))
+    # ... and as shipped, nothing in it or the unit is reported.
+    assert _verify_with_dropin(analyze, tmp_path) == []
+
+
+def test_cluster_dropin_opens_only_the_network(service: dict[str, list[str]]) -> None:
+    dropin = parse_unit(CLUSTER_DROPIN)["Service"]
+    assert dropin["PrivateNetwork"] == ["no"]
+    assert "localhost" in dropin["IPAddressAllow"] and "any" not in dropin["IPAddressAllow"]
+    # The unit's deny-all stays: the drop-in only adds ranges to allow, and resets nothing else.
+    assert service["IPAddressDeny"] == ["any"] and "IPAddressDeny" not in dropin
+    assert set(dropin) <= {
+        "PrivateNetwork",
+        "RestrictAddressFamilies",
+        "IPAddressAllow",
+        "ReadWritePaths",
+        "ProcSubset",
+        "ProtectProc",
+    }

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import av
 
+from edgeguard import __version__
 from edgeguard.config import load_config
 from edgeguard.engine import Engine
 from tests.conftest import media
@@ -157,3 +160,39 @@ def test_without_the_cluster_only_pauses_and_resumes_when_it_returns(
     assert frame_count(d.output / "waits.mp4") == frame_count(clip10)
     assert_clean(d)
     assert d.terminate(timeout=30) == 0
+
+
+def _doctor(d: Daemon) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "edgeguard", "doctor", "-c", str(d.cfg_path)],
+        env=d.env(),
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+
+
+def test_doctor_reports_the_nodes_their_versions_and_the_model_they_received(
+    cluster_daemon: Daemon, ray_cluster: RayCluster
+) -> None:
+    import ray
+
+    ray_cluster.start()
+    done = _doctor(cluster_daemon)
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    assert any(line.startswith("ok   cluster") and "3 nodes, 2 actors (mode prefer)" in line for line in lines), lines
+    workers = [line for line in lines if line.startswith("ok   node ")]
+    assert len(workers) == 2, lines
+    for line in workers:
+        assert f"edgeguard {__version__}, Ray {ray.__version__}, 1 actor(s) on cpu" in line
+        assert "model yolox_nano received, sha256 verified" in line
+    # The head has no CPU: no actor there, and that is no failure.
+    assert any(line.startswith("--   node ") and "no actor: 0 CPUs" in line for line in lines), lines
+
+    ray_cluster.stop()
+    cluster_daemon.configure(cluster={"mode": "only"})
+    done = _doctor(cluster_daemon)
+    assert done.returncode == 3, done.stdout + done.stderr
+    assert "FAIL cluster" in done.stdout and "cannot reach the Ray head" in done.stdout
