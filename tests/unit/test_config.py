@@ -321,3 +321,44 @@ def test_shipped_config_mentions_every_key() -> None:
     in_file = set(yaml_keys(yaml.safe_load(text)))
     assert sorted(set(keys) - in_file) == []
     assert sorted(in_file - set(keys)) == []
+
+
+# ------------------------------------------------------------------ cluster
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("address: ray://head:10001", "cluster.address: Ray Client (ray://) is not supported"),
+        ("address: head", "cluster.address: 'head' is not HOST:PORT of the Ray head"),
+        ("address: 'head:99999'", "cluster.address: 'head:99999' is not HOST:PORT"),
+        ("mode: sometimes", "cluster.mode: Input should be 'prefer' or 'only'"),
+        ("actors_per_node: 0", "cluster.actors_per_node: Input should be greater than or equal to 1"),
+        ("token_file: /nonexistent/token", "cluster.token_file: /nonexistent/token is not a readable file"),
+        ("tls: {ca: /etc/hostname}", "cluster.tls.cert: TLS needs ca, cert and key together"),
+    ],
+    ids=["ray-client", "no-port", "bad-port", "mode", "actors", "token", "tls-partial"],
+)
+def test_a_bad_cluster_key_is_refused_on_its_line(
+    line: str, message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write(tmp_path, f"cluster:\n  {line}\n")
+    code, out, err = cli(capsys, "check-config", "-c", path)
+    assert code == 2, out
+    (got,) = err.splitlines()
+    assert got.startswith(f"edgeguard: {path}:2: {message}"), got
+
+
+def test_a_cluster_address_and_its_security_files_check_ok(tmp_path: Path) -> None:
+    token = write(tmp_path, "secret\n", "token")
+    cfg = load_config(
+        None,
+        [
+            "cluster.address=10.0.0.5:6379",
+            f"cluster.token_file={token}",
+            f"cluster.tls.ca={token}",
+            f"cluster.tls.cert={token}",
+            f"cluster.tls.key={token}",
+        ],
+    )
+    assert cfg.cluster.on and cfg.cluster.tls.on and not Config().cluster.on
