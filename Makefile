@@ -68,10 +68,11 @@ $(VENV)/.bench: $(VENV)/.installed
 	touch $@
 
 # The speed/privacy tables of the README (about an hour on 2 cores, the judges cached after the
-# first run), then seconds per frame per DNN target.
+# first run), then seconds per frame per DNN target, then the cluster's scaling (bench/cluster.py).
 bench: setup $(VENV)/.bench
 	$(BIN)/python -m bench.run
 	$(BIN)/python -m bench.targets
+	$(BIN)/python -m bench.cluster
 
 install:
 	$(SUDO) systemd/install.sh
