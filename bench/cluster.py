@@ -8,7 +8,7 @@ had here. Each worker node is pinned to a core of its own (as a one-CPU machine 
 driver share the machine's cores with them, so what the table shows is the cluster's overhead and how
 a file's time falls from one node to two, not a bigger machine.
 
-    python -m bench.cluster [--clips 6] [--clip-seconds 4] [--long-seconds 40]
+    python -m bench.cluster [--clips 6] [--clip-seconds 4] [--long-seconds 30]
 """
 
 from __future__ import annotations
@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--clips", type=int, default=6, help="short clips in the files-per-second run")
     ap.add_argument("--clip-seconds", type=int, default=4)
-    ap.add_argument("--long-seconds", type=int, default=40)
+    ap.add_argument("--long-seconds", type=int, default=30)
     ap.add_argument("--segment-seconds", type=float, default=2.0)
     args = ap.parse_args(argv)
 
@@ -125,7 +125,9 @@ def main(argv: list[str] | None = None) -> int:
         source = SHARED / "media" / "vtest.avi"  # 795 frames of a fixed camera over a hall
         fps = 25
         shorts = [clip(source, temp / f"short{k}.mp4", 40 * k, args.clip_seconds * fps) for k in range(args.clips + 1)]
-        long = clip(source, temp / "long.mp4", 0, min(795, args.long_seconds * fps))
+        if args.long_seconds * fps > 795:
+            raise SystemExit("--long-seconds: vtest.avi has 795 frames (31 s at 25 fps)")
+        long = clip(source, temp / "long.mp4", 0, args.long_seconds * fps)
         work = temp / "work"
         work.mkdir()
         base = ["detector.model=yolox_nano", f"cluster.segment_seconds={args.segment_seconds}"]

@@ -357,8 +357,8 @@ class ClusterConfig(Section):
     # Actors (each holds the model loaded) per node, and the CPUs each reserves there.
     actors_per_node: Annotated[int, Field(ge=1, le=64)] = 1
     actor_cpus: Annotated[float, Field(gt=0, le=256)] = 1.0
-    # A video longer than two segments is cut at the first keyframe after every this many seconds
-    # and the segments protected in parallel; 0 = never cut.
+    # Cut a video at the first keyframe after every this many seconds (when that makes two pieces or
+    # more) and protect the pieces in parallel; 0 = never cut.
     segment_seconds: Annotated[float, Field(ge=0)] = 10.0
     # Seconds to reach the head, and to get any word from the cluster while a file is out there.
     connect_timeout: Annotated[float, Field(gt=0, le=600)] = 10.0

@@ -50,7 +50,8 @@ def _cluster(cfg: Config, blockers: list[str]) -> None:
     if not c.on:
         _line(None, "cluster", "off (cluster.address is empty: files are protected on this machine)")
         return
-    from edgeguard.cluster.client import ClusterEngine, Unavailable
+    from edgeguard.cluster import Unavailable
+    from edgeguard.cluster.client import ClusterEngine
 
     try:
         engine = ClusterEngine(cfg)
@@ -76,7 +77,7 @@ def _cluster(cfg: Config, blockers: list[str]) -> None:
     for node in nodes:
         what = f"node {node['address']} {node['node'][:8]}"
         if not node["actors"]:
-            why = node["problem"] or f"no actor: {node['cpus']:g} CPUs free, actors take {c.actor_cpus:g}"
+            why = node["problem"] or f"no actor: the node has {node['cpus']:g} CPUs, an actor takes {c.actor_cpus:g}"
             _line(False if node["problem"] else None, what, why)
             continue
         about = node["actors"][0]
@@ -131,5 +132,6 @@ def run_doctor(cfg: Config) -> int:
     if blockers:
         print(f"the configured setup cannot run here: {'; '.join(blockers)}", file=sys.stdout)
         return ExitCode.SETUP
-    print(f"the configured setup can run here: model {cfg.detector.model} on {runs_on}", file=sys.stdout)
+    where = f", and on the cluster at {cfg.cluster.address} (mode {cfg.cluster.mode})" if cfg.cluster.on else ""
+    print(f"the configured setup can run here: model {cfg.detector.model} on {runs_on}{where}", file=sys.stdout)
     return ExitCode.OK

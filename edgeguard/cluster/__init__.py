@@ -14,6 +14,10 @@ from edgeguard.engine import Engine, EngineLike
 STAGE = "cluster"  # the stage of a file that waits for the cluster (cluster.mode: only)
 
 
+class Unavailable(Exception):
+    """The cluster cannot take work now (unreachable, silent, no live actor); says why."""
+
+
 def engine_for(cfg: Config, local: Engine | None = None) -> EngineLike:
     """The engine the configuration asks for: this machine's, or the cluster's with it as the fallback."""
     if not cfg.cluster.on:
@@ -21,3 +25,11 @@ def engine_for(cfg: Config, local: Engine | None = None) -> EngineLike:
     from edgeguard.cluster.client import ClusterEngine
 
     return ClusterEngine(cfg, local)
+
+
+def reconfigured(engine: EngineLike, cfg: Config) -> tuple[EngineLike, bool]:
+    """The engine for a reloaded `cfg` (and whether a model was loaded anew): a reload may also turn
+    the cluster on or off."""
+    if cfg.cluster.on and isinstance(engine, Engine):
+        return engine_for(cfg, engine), False
+    return engine.with_config(cfg)

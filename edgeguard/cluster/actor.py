@@ -14,7 +14,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import stat
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,10 +57,14 @@ def cache_root(node_cache: str) -> Path:
     return Path(node_cache or tempfile.gettempdir()) / "edgeguard-models"
 
 
-def place(parcel: Parcel, root: Path, fetch: Any) -> dict[str, Path]:
+def place(parcel: Parcel, root: Path, fetch: Callable[[Any], bytes]) -> dict[str, Path]:
     """Each model file in the node's cache (fetched with `fetch(ref)` only if missing or wrong), by role."""
     store = root / "sha256"
     store.mkdir(parents=True, exist_ok=True, mode=0o700)
+    st = store.lstat()
+    # In a shared /tmp another user could have made it first, and swap files between check and load.
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o022:
+        raise EdgeguardError(f"{store} is not a folder of this user's alone: set cluster.node_cache")
     placed: dict[str, Path] = {}
     for f in parcel.files:
         path = store / f.sha256
@@ -143,8 +149,13 @@ class Protector:
             src.write_bytes(data)
             try:
                 result = self.engine.protect_file(src, out)
-            except InputError as exc:
-                return None, {"reason": exc.reason, "stage": exc.stage, "input": True, "incomplete": exc.incomplete}
             except FileError as exc:
-                return None, {"reason": exc.reason, "stage": exc.stage, "input": False, "incomplete": False}
+                incomplete = isinstance(exc, InputError) and exc.incomplete
+                return None, {
+                    "reason": exc.reason,
+                    "stage": exc.stage,
+                    "input": isinstance(exc, InputError),
+                    "incomplete": incomplete,
+                    "transient": exc.transient,  # this node's disk, not the file: retried later
+                }
             return out.read_bytes(), {**result.as_dict(), "node": self.node}

@@ -27,125 +27,44 @@ import socket
 import sys
 import time
 from collections import Counter, deque
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
-from edgeguard.cluster import segments
-from edgeguard.cluster.actor import ModelFile, Parcel, Protector
+from edgeguard.cluster import Unavailable, segments
+from edgeguard.cluster.pool import Member, Pool, last_line
 from edgeguard.media import media_kind
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 WAIT = 0.5  # seconds between progress messages while the cluster works
-READY_WAIT = 600.0  # an actor's first start may fetch and load a large model
 PR_SET_PDEATHSIG = 1  # prctl(2)
-SEGMENT_TRIES = 3  # a segment given to this many actors that died is the cluster's failure
-
-
-class Unavailable(Exception):
-    """The cluster cannot take the work now (unreachable, no live actor)."""
+PIECE_TRIES = 3  # a piece that this many actors died or failed on is the file's fault, not the cluster's
 
 
 class Refused(Exception):
-    """An actor found the input itself at fault: the daemon fails the file."""
+    """The input cannot be protected (an actor said so of the whole file): the daemon fails it, or
+    retries it when `transient` (a node's disk was full)."""
 
     def __init__(self, error: dict[str, Any]) -> None:
         super().__init__(error["reason"])
         self.error = error
 
 
-@dataclass
-class Member:
-    handle: Any  # the actor
-    node: str
-    about: dict[str, Any]
+class PieceRefused(Refused):
+    """A piece of a cut video was refused: the file is protected whole before anyone is blamed."""
 
 
 def reachable(address: str, timeout: float) -> str | None:
     """None if the head's port accepts a connection within `timeout`, else why not."""
     host, _, port = address.rpartition(":")
     try:
-        with socket.create_connection((host, int(port)), timeout=timeout):
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
             return None
     except OSError as exc:
         return f"cannot reach the Ray head at {address}: {exc.strerror or exc}"
-
-
-class Pool:
-    """The actors, `actors_per_node` on every live node with the CPUs for them."""
-
-    def __init__(self, request: dict[str, Any], send: Any) -> None:
-        import ray
-
-        self.ray = ray
-        self.cluster = request["cluster"]
-        self.sections = request["sections"]
-        self.send = send
-        self.members: list[Member] = []
-        self.failed_nodes: dict[str, str] = {}  # node -> why its actors could not start
-        model = request["model"]
-        files = []
-        for f in model["files"]:
-            data = Path(f["path"]).read_bytes()
-            files.append(ModelFile(f["role"], f["filename"], f["sha256"], ray.put(data), f["explicit"]))
-        # Put once: Ray sends each object to a node at most once, and only to a node that asks.
-        self.parcel = Parcel(model["name"], model["manifest"], tuple(files))
-        cpus = self.cluster["actor_cpus"]
-        self.actor = ray.remote(num_cpus=cpus, max_restarts=0, max_task_retries=0)(Protector)
-
-    def nodes(self) -> list[dict[str, Any]]:
-        return [n for n in self.ray.nodes() if n.get("Alive")]
-
-    def refresh(self) -> None:
-        """Drop dead actors, start missing ones, and wait until the new ones hold the model."""
-        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-        alive = {n["NodeID"]: n for n in self.nodes()}
-        self.members = [m for m in self.members if m.node in alive]
-        cpus = self.cluster["actor_cpus"]
-        starting = []
-        for node_id, node in alive.items():
-            have = sum(1 for m in self.members if m.node == node_id)
-            room = int(node.get("Resources", {}).get("CPU", 0) // cpus)
-            for _ in range(min(self.cluster["actors_per_node"], room) - have):
-                strategy = NodeAffinitySchedulingStrategy(node_id, soft=False)
-                handle = self.actor.options(scheduling_strategy=strategy).remote(
-                    self.sections, self.parcel, self.cluster["node_cache"]
-                )
-                starting.append((node_id, handle, handle.about.remote()))
-        if starting:
-            self._started(starting)
-        if not self.members:
-            raise Unavailable(f"no node of the cluster at {self.cluster['address']} can run an actor")
-
-    def _started(self, starting: list[tuple[str, Any, Any]]) -> None:
-        refs = {ref: (node, handle) for node, handle, ref in starting}
-        deadline = time.monotonic() + READY_WAIT
-        pending = list(refs)
-        while pending and time.monotonic() < deadline:
-            done, pending = self.ray.wait(pending, num_returns=len(pending), timeout=WAIT)
-            self.send({"progress": 0.0})
-            for ref in done:
-                node, handle = refs[ref]
-                try:
-                    about = self.ray.get(ref)
-                except Exception as exc:  # noqa: BLE001 - any actor failure: that node cannot serve
-                    why = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-                    self.failed_nodes[node] = why
-                    log.error("an actor on node %s could not start: %s", node[:12], why)
-                    continue
-                self.failed_nodes.pop(node, None)
-                self.members.append(Member(handle, node, about))
-        for ref in pending:
-            node, handle = refs[ref]
-            self.ray.kill(handle)
-            self.failed_nodes[node] = f"did not start within {READY_WAIT:.0f} s"
-
-    def drop(self, member: Member) -> None:
-        if member in self.members:
-            self.members.remove(member)
 
 
 class Bridge:
@@ -163,18 +82,22 @@ class Bridge:
         self.send({"ready": {"actors": len(self.pool.members), "nodes": len({m.node for m in self.pool.members})}})
         for line in requests:
             request = json.loads(line)
-            if request["op"] == "nodes":
-                self.send({"nodes": self.describe()})
-                continue
             try:
+                if request["op"] == "nodes":
+                    self.send({"nodes": self.describe()})
+                    continue
                 result = self.protect(Path(request["src"]), Path(request["out"]))
             except Refused as exc:
                 self.send({"failed": exc.error})
+                continue
             except Unavailable as exc:
                 self.send({"unavailable": str(exc)})
                 return  # a fresh driver tries again later
-            else:
-                self.send({"done": result})
+            except Exception as exc:
+                log.exception("the bridge failed")
+                self.send({"unavailable": f"the cluster bridge failed: {type(exc).__name__}: {last_line(exc)}"})
+                return
+            self.send({"done": result})
 
     def describe(self) -> list[dict[str, Any]]:
         """Every live node: its resources, and what its actors report (versions, model hashes)."""
@@ -189,7 +112,7 @@ class Bridge:
                     "address": node.get("NodeManagerAddress"),
                     "cpus": node.get("Resources", {}).get("CPU", 0),
                     "actors": actors,
-                    "problem": self.pool.failed_nodes.get(node_id),
+                    "problem": self.pool.problem(node_id),
                 }
             )
         return out
@@ -199,11 +122,16 @@ class Bridge:
     def protect(self, src: Path, out: Path) -> dict[str, Any]:
         self.pool.refresh()
         seconds = self.request["cluster"]["segment_seconds"]
-        plan = segments.plan(src, seconds) if media_kind(src) == "video" and seconds > 0 else None
+        plan = None
+        if media_kind(src) == "video" and seconds > 0:
+            try:
+                plan = segments.plan(src, seconds)
+            except Exception as exc:  # noqa: BLE001 - whatever is wrong with it, the whole-file run says
+                log.info("%s: not cut (%s); protecting it whole", src.name, last_line(exc))
         if plan is not None:
             try:
                 return self._segmented(src, out, plan)
-            except segments.JoinError as exc:
+            except (segments.JoinError, PieceRefused) as exc:
                 log.warning("%s: %s; protecting it whole", src.name, exc)
         started = time.monotonic()
         data, result = self._run([(0, src.read_bytes())], src.suffix, out.suffix, lambda _k, d: d)[0]
@@ -248,19 +176,22 @@ class Bridge:
         pieces: Iterator[tuple[int, bytes]] | list[tuple[int, bytes]],
         suffix: str,
         out_suffix: str,
-        keep: Any,
+        keep: Callable[[int, bytes], T],
         total: int = 1,
-    ) -> list[tuple[Any, dict[str, Any]]]:
-        """Protect every piece on the pool, at most one per actor at a time; results in piece order."""
-        ray = self.ray
+    ) -> list[tuple[T, dict[str, Any]]]:
+        """Protect every piece on the pool, at most one per actor at a time; results in piece order.
+
+        A piece whose actor died, or failed without blaming the input, goes to another actor; after
+        PIECE_TRIES it is refused (a file that kills every actor it meets is the file's fault).
+        """
+        ray = self.pool.ray
         source = iter(pieces)
         retry: deque[tuple[int, Any, int]] = deque()  # (piece, its object, tries so far)
         running: dict[Any, tuple[int, Any, int, Member]] = {}
-        results: dict[int, tuple[Any, dict[str, Any]]] = {}
+        results: dict[int, tuple[T, dict[str, Any]]] = {}
         exhausted = False
         while True:
-            idle = [m for m in self.pool.members if all(r[3] is not m for r in running.values())]
-            for member in idle:
+            for member in [m for m in self.pool.members if not m.busy]:
                 if retry:
                     k, obj, tries = retry.popleft()
                 else:
@@ -269,8 +200,8 @@ class Bridge:
                         exhausted = True
                         break
                     k, obj, tries = nxt[0], ray.put(nxt[1]), 0
-                ref = member.handle.protect.remote(obj, suffix, out_suffix)
-                running[ref] = (k, obj, tries, member)
+                member.busy = True
+                running[member.handle.protect.remote(obj, suffix, out_suffix)] = (k, obj, tries, member)
             if not running:
                 if exhausted and not retry:
                     return [results[k] for k in sorted(results)]
@@ -280,22 +211,30 @@ class Bridge:
             self.send({"progress": len(results) / total})
             for ref in done:
                 k, obj, tries, member = running.pop(ref)
+                member.busy = False
                 try:
                     data, result = ray.get(ref)
-                except ray.exceptions.RayActorError as exc:
+                except ray.exceptions.RayError as exc:
+                    # The actor died (its node gone, out of memory) or raised what no input explains.
                     self.pool.drop(member)
-                    log.warning("an actor on node %s died during piece %d; sending it elsewhere", member.node[:12], k)
-                    if tries + 1 >= SEGMENT_TRIES:
-                        raise Unavailable(f"piece {k} lost {SEGMENT_TRIES} actors: {exc}") from exc
+                    log.warning("an actor on node %s failed during piece %d (%s)", member.node[:12], k, last_line(exc))
+                    if tries + 1 >= PIECE_TRIES:
+                        reason = f"{PIECE_TRIES} cluster actors failed on it: {last_line(exc)}"
+                        raise (PieceRefused if total > 1 else Refused)(
+                            {
+                                "reason": reason,
+                                "stage": "remote",
+                                "input": False,
+                                "incomplete": False,
+                                "transient": False,
+                            }
+                        ) from exc
+                    log.warning("sending piece %d elsewhere", k)
                     retry.append((k, obj, tries + 1))
                     continue
                 if data is None:
-                    raise Refused(result)
+                    raise (PieceRefused if total > 1 else Refused)(result)
                 results[k] = (keep(k, data), result)
-
-    @property
-    def ray(self) -> Any:
-        return self.pool.ray
 
 
 def _merge(results: list[dict[str, Any]]) -> dict[str, Any]:
@@ -354,8 +293,10 @@ def main(argv: list[str]) -> int:
         bridge.serve(sys.stdin)
     except Unavailable as exc:
         out.write(json.dumps({"unavailable": str(exc)}) + "\n")
-    except ConnectionError as exc:
-        out.write(json.dumps({"unavailable": f"cannot join the cluster at {cluster['address']}: {exc}"}) + "\n")
+    except Exception as exc:
+        log.exception("cannot use the cluster")
+        why = f"cannot join the cluster at {cluster['address']}: {type(exc).__name__}: {last_line(exc)}"
+        out.write(json.dumps({"unavailable": why}) + "\n")
     return 0
 
 

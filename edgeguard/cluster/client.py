@@ -13,6 +13,7 @@ When the cluster cannot take a file, `cluster.mode` decides: `prefer` protects i
 from __future__ import annotations
 
 import contextlib
+import glob
 import importlib.util
 import json
 import logging
@@ -27,19 +28,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from edgeguard.cluster import STAGE
+from edgeguard.cluster import STAGE, Unavailable
 from edgeguard.config import Config
 from edgeguard.detectors.factory import model_files
-from edgeguard.engine import Engine, Progress, Result
+from edgeguard.engine import Engine, EngineLike, Progress, Result
 from edgeguard.errors import Cancelled, FileError, InputError, SetupError
 from edgeguard.media import media_kind
 from edgeguard.models import digest
 
 log = logging.getLogger(__name__)
-
-
-class Unavailable(Exception):
-    """The cluster cannot take work now; says why."""
 
 
 def ray_environment(cfg: Config, base: Mapping[str, str]) -> dict[str, str]:
@@ -80,13 +77,13 @@ def model_parcel(cfg: Config) -> dict[str, Any]:
     }
 
 
-class Bridge:
+class BridgeProcess:
     """One bridge process and its two pipes; every call from the worker thread."""
 
     def __init__(self, cfg: Config, parcel: dict[str, Any]) -> None:
-        reply_r, reply_w = os.pipe()
         sections = cfg.model_dump(mode="json", include={"detector", "protect", "video", "temporal", "media"})
         request = {"cluster": cfg.cluster.model_dump(mode="json"), "sections": sections, "model": parcel}
+        reply_r, reply_w = os.pipe()
         try:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "edgeguard.cluster.bridge", str(reply_w), str(os.getpid())],
@@ -97,13 +94,14 @@ class Bridge:
                 text=True,
                 start_new_session=True,  # killed as a group: nothing of a cancelled file lives on
             )
+        except OSError as exc:  # no memory or processes left for it: the cluster cannot be used now
+            os.close(reply_r)
+            raise Unavailable(f"cannot start the cluster bridge: {exc.strerror or exc}") from None
         finally:
             os.close(reply_w)
         self.replies = os.fdopen(reply_r, "r")
         self.buffer = ""
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(json.dumps(request) + "\n")
-        self.proc.stdin.flush()
+        self.ask(request)
 
     def ask(self, request: dict[str, Any]) -> None:
         assert self.proc.stdin is not None
@@ -111,13 +109,14 @@ class Bridge:
             self.proc.stdin.write(json.dumps(request) + "\n")
             self.proc.stdin.flush()
         except OSError as exc:
-            raise Unavailable(f"the cluster bridge has gone ({exc})") from None
+            raise Unavailable(f"the cluster bridge has gone ({exc.strerror or exc})") from None
 
     def next(self, timeout: float, cancel: threading.Event | None = None) -> dict[str, Any]:
-        """The next reply; Unavailable after `timeout` s of silence or if the bridge ended."""
+        """The next reply; Unavailable after `timeout` s of silence or if the bridge ended, Cancelled if `cancel`."""
         deadline = time.monotonic() + timeout
         with selectors.DefaultSelector() as sel:
             sel.register(self.replies, selectors.EVENT_READ)
+            # JSON lines of ASCII (json.dumps escapes the rest): a chunk never splits a character.
             while "\n" not in self.buffer:
                 if cancel is not None and cancel.is_set():
                     raise Cancelled("cluster")
@@ -134,8 +133,9 @@ class Bridge:
         return reply
 
     def close(self) -> None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
+        if self.proc.poll() is None:  # not reaped yet: its process group cannot be another's
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait()
         self.replies.close()
         if self.proc.stdin is not None:
@@ -152,7 +152,7 @@ class ClusterEngine:
         self.cfg = cfg
         self._parcel = model_parcel(cfg)  # the gateway must hold the model it ships (exit 3 if not)
         self._local = local
-        self._bridge: Bridge | None = None
+        self._bridge: BridgeProcess | None = None
         self._down_until = 0.0  # prefer: protect here until then
         self._down_reason: str | None = None
 
@@ -168,7 +168,7 @@ class ClusterEngine:
     def weights(self) -> Mapping[str, str]:
         return {f["role"]: f["sha256"] for f in self._parcel["files"]}
 
-    def with_config(self, cfg: Config) -> tuple[Any, bool]:
+    def with_config(self, cfg: Config) -> tuple[EngineLike, bool]:
         """The engine for a reloaded config: a new bridge whenever anything it was given changed."""
         from edgeguard.cluster import engine_for
 
@@ -214,9 +214,13 @@ class ClusterEngine:
             self._down_until = time.monotonic() + c.retry_seconds
             log.warning("cluster unavailable (%s); protecting %s on this machine", exc, src.name)
             return self.local().protect_file(src, out, progress=progress, cancel=cancel)
+        except FileError as exc:
+            if isinstance(exc, Cancelled):
+                self.close()  # nothing of a cancelled file may go on out there
+            self._sweep(out)
+            raise
         except BaseException:
-            # Cancelled, or a bug: nothing of this file may go on out there, nor stay here.
-            self.close()
+            self.close()  # a bug: start afresh
             self._sweep(out)
             raise
         if self._down_reason is not None:
@@ -224,15 +228,18 @@ class ClusterEngine:
             self._down_reason = None
         return result
 
-    def _connected(self) -> Bridge:
+    def _connected(self, progress: Progress | None = None, cancel: threading.Event | None = None) -> BridgeProcess:
         if self._bridge is not None and self._bridge.proc.poll() is None:
             return self._bridge
         self.close()
-        bridge = Bridge(self.cfg, self._parcel)
+        c = self.cfg.cluster
+        bridge = BridgeProcess(self.cfg, self._parcel)
         try:
-            reply = bridge.next(self.cfg.cluster.connect_timeout + self.cfg.cluster.silence_timeout)
+            reply = bridge.next(c.connect_timeout + c.silence_timeout, cancel)
             while "progress" in reply:  # actors starting: fetching and loading the model
-                reply = bridge.next(self.cfg.cluster.silence_timeout)
+                if progress is not None:
+                    progress(0, None)  # "still working": the watchdog is fed while they start
+                reply = bridge.next(c.silence_timeout, cancel)
         except BaseException:
             bridge.close()
             raise
@@ -240,26 +247,20 @@ class ClusterEngine:
             bridge.close()
             raise Unavailable(reply.get("unavailable", f"unexpected reply {reply}"))
         ready = reply["ready"]
-        log.info(
-            "connected to the cluster at %s: %d actors on %d nodes",
-            self.cfg.cluster.address,
-            ready["actors"],
-            ready["nodes"],
-        )
+        log.info("connected to the cluster at %s: %d actors on %d nodes", c.address, ready["actors"], ready["nodes"])
         self._bridge = bridge
         return bridge
 
     def _remote(self, src: Path, out: Path, progress: Progress | None, cancel: threading.Event | None) -> Result:
         try:
-            bridge = self._connected()
+            bridge = self._connected(progress, cancel)
             bridge.ask({"op": "protect", "src": str(src), "out": str(out)})
             while True:
                 reply = bridge.next(self.cfg.cluster.silence_timeout, cancel)
-                if "progress" in reply:
-                    if progress is not None:
-                        progress(round(reply["progress"] * 1000), 1000)
-                    continue
-                break
+                if "progress" not in reply:
+                    break
+                if progress is not None:
+                    progress(round(reply["progress"] * 1000), 1000)
         except Cancelled:
             raise Cancelled(src) from None
         except Unavailable as exc:
@@ -272,7 +273,7 @@ class ClusterEngine:
             e = reply["failed"]
             if e["input"]:
                 raise InputError(src, e["reason"], stage=e["stage"], incomplete=e["incomplete"])
-            raise FileError(src, e["reason"], stage=e["stage"])
+            raise FileError(src, e["reason"], stage=e["stage"], transient=e.get("transient", False))
         r = reply["done"]
         return Result(
             str(src),
@@ -311,7 +312,7 @@ class ClusterEngine:
     def _sweep(out: Path) -> None:
         """Remove what a killed bridge left of this file in work (its segments, a partial output)."""
         out.unlink(missing_ok=True)
-        for part in out.parent.glob(f"{out.name}.seg*"):
+        for part in out.parent.glob(glob.escape(out.name) + ".seg*"):
             part.unlink(missing_ok=True)
 
 

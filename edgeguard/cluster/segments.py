@@ -104,21 +104,27 @@ def plan(src: Path, seconds: float) -> Plan | None:
 
 
 def _closed(packets: list[tuple[int, bool]], starts: list[int]) -> list[int]:
-    """The cuts at which no frame of a segment is shown before its keyframe or after the next one's."""
-    kept = [0]
-    for cut in starts[1:]:
-        before = max(p for p, _ in packets[kept[-1] : cut])
-        after = min(p for p, _ in packets[cut:])
-        if packets[cut][0] == after and before < after:
-            kept.append(cut)
-    return kept
+    """The cuts at which every frame before the cut is shown before its keyframe, and none after it;
+    with running extremes, as a day-long recording has millions of packets."""
+    pts = [p for p, _ in packets]
+    before = list(itertools.accumulate(pts, max))  # before[i]: the highest pts up to packet i
+    after = list(itertools.accumulate(reversed(pts), min))[::-1]  # after[i]: the lowest from packet i on
+    return [0, *(c for c in starts[1:] if pts[c] == after[c] and before[c - 1] < pts[c])]
 
 
 def cut(src: Path, segments: tuple[Segment, ...]) -> Iterator[tuple[Segment, bytes]]:
     """Each segment of `segments` as an MP4 of its own (bytes), in order, remuxed in one pass over `src`.
 
-    Lazily: a segment is read only when asked for, so at most one is held here at a time.
+    Lazily: a segment is read only when asked for, so at most one is held here at a time. JoinError
+    when a segment cannot be an MP4 (a codec MP4 does not carry): the file is then protected whole.
     """
+    try:
+        yield from _cut(src, segments)
+    except (av.error.FFmpegError, ValueError) as exc:
+        raise JoinError(f"cannot cut it: {exc}") from exc
+
+
+def _cut(src: Path, segments: tuple[Segment, ...]) -> Iterator[tuple[Segment, bytes]]:
     with open_input(src) as container:
         stream = _video(container)
         assert stream is not None
@@ -156,9 +162,11 @@ def join(src: Path, parts: list[Path], plan_: Plan, out: Path, *, audio: bool, k
 
 
 def _join(src: Path, parts: list[Path], plan_: Plan, out: Path, audio: bool, keep_metadata: bool) -> None:
-    inputs = [av.open(os.fspath(p), "r") for p in parts]
-    source = open_input(src) if audio or keep_metadata else None
+    inputs: list[InputContainer] = []
+    source: InputContainer | None = None
     try:
+        inputs = [av.open(os.fspath(p), "r") for p in parts]
+        source = open_input(src) if audio or keep_metadata else None
         streams = [c.streams.video[0] for c in inputs]
         first = streams[0]
         for k, s in enumerate(streams):

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
-from edgeguard.cluster import engine_for
+from edgeguard.cluster import engine_for, reconfigured
 from edgeguard.config import Config, load_config
 from edgeguard.daemon import events as E
 from edgeguard.daemon.folders import FolderLocks, Folders, prepare
@@ -263,7 +263,7 @@ class Service:
         self.notifier.reloading()
         try:
             cfg = load_config(self.config_path, self.overrides)
-            engine, reloaded = setup.engine.with_config(cfg)
+            engine, reloaded = reconfigured(setup.engine, cfg)
             new = self._load(cfg, engine)
         except EdgeguardError as exc:
             for line in str(exc).splitlines():

@@ -105,7 +105,7 @@ def test_a_worker_node_killed_mid_file_loses_nothing_and_doubles_nothing(
     [job] = d.jobs()
     assert (job["state"], job["attempts"]) == ("done", 1)
     assert frame_count(d.output / "long.mp4") == frame_count(long_video)
-    assert "died during piece" in d.log()
+    assert "failed during piece" in d.log() and "sending piece" in d.log()
     assert_clean(d)
     d.assert_alive()
     # And the node that is left keeps working.
@@ -189,10 +189,84 @@ def test_doctor_reports_the_nodes_their_versions_and_the_model_they_received(
         assert f"edgeguard {__version__}, Ray {ray.__version__}, 1 actor(s) on cpu" in line
         assert "model yolox_nano received, sha256 verified" in line
     # The head has no CPU: no actor there, and that is no failure.
-    assert any(line.startswith("--   node ") and "no actor: 0 CPUs" in line for line in lines), lines
+    assert any(line.startswith("--   node ") and "no actor: the node has 0 CPUs" in line for line in lines), lines
 
     ray_cluster.stop()
     cluster_daemon.configure(cluster={"mode": "only"})
     done = _doctor(cluster_daemon)
     assert done.returncode == 3, done.stdout + done.stderr
     assert "FAIL cluster" in done.stdout and "cannot reach the Ray head" in done.stdout
+
+
+def vp8_clip(src: Path, dst: Path) -> Path:
+    """`src`'s frames as VP8 in WebM, a keyframe every 25: cuttable at keyframes, but not into MP4 pieces."""
+    with av.open(os.fspath(src)) as inp, av.open(os.fspath(dst), "w") as out:
+        v = out.add_stream("libvpx", rate=25)
+        v.width, v.height, v.pix_fmt = 480, 360, "yuv420p"
+        v.options = {"g": "25", "keyint_min": "25", "deadline": "realtime", "cpu-used": "8"}
+        for frame in inp.decode(video=0):
+            picture = frame.reformat(width=480, height=360, format="yuv420p")
+            picture.pts, picture.time_base = frame.pts, inp.streams.video[0].time_base
+            out.mux(v.encode(picture))
+        out.mux(v.encode(None))
+    return dst
+
+
+def test_bad_inputs_fail_with_their_reason_and_keep_the_cluster(
+    cluster_daemon: Daemon, ray_cluster: RayCluster, clip10: Path, long_video: Path, tmp_path: Path
+) -> None:
+    ray_cluster.start()
+    d = cluster_daemon
+    d.start()
+    data = long_video.read_bytes()
+    stage = tmp_path / "stage"
+    stage.mkdir()
+    (stage / "truncated.mp4").write_bytes(data[: len(data) // 2])  # no index: the cluster cannot read it
+    (stage / "random.mp4").write_bytes(os.urandom(100_000))
+    for name in ("truncated.mp4", "random.mp4"):
+        os.rename(stage / name, d.incoming / name)
+    d.drop(vp8_clip(long_video, tmp_path / "cam.webm"))  # 20 GOPs of VP8: protected whole
+    d.drop(clip10, "good.mp4")
+    d.wait_idle(timeout=CLUSTER_TIMEOUT)
+
+    assert regular_files(d.output) == ["cam.mp4", "good.mp4"]
+    assert sorted(regular_files(d.failed)) == [
+        "random.mp4",
+        "random.mp4.error.json",
+        "truncated.mp4",
+        "truncated.mp4.error.json",
+    ]
+    for name in ("random.mp4", "truncated.mp4"):
+        assert "not a readable media file" in d.error_report(name)["reason"]
+    targets = _targets(d)
+    assert "on the cluster (1 segment on 1 node)" in targets["cam.mp4"], targets
+    assert frame_count(d.output / "cam.mp4") == frame_count(long_video)
+    assert "on the cluster" in targets["good.mp4"]
+    # A bad file is the file's fault: the same driver and actors served every file.
+    assert d.log().count("connected to the cluster") == 1
+    assert "cluster unavailable" not in d.log()
+    assert_clean(d)
+    assert d.terminate(timeout=30) == 0
+
+
+def test_a_reload_turns_the_cluster_on_and_off(cluster_daemon: Daemon, ray_cluster: RayCluster, clips: Clips) -> None:
+    ray_cluster.start()
+    d = cluster_daemon
+    address = d.settings["cluster"]["address"]
+    d.configure(cluster={"address": ""})
+    d.start()
+    d.drop(clips.clip(0, 10), "one.mp4")
+    d.wait_idle(timeout=CLUSTER_TIMEOUT)
+    for step, (value, name) in enumerate(((address, "two.mp4"), ("", "three.mp4"))):
+        d.configure(cluster={"address": value})
+        mark = d.mark()
+        d.hup()
+        d.wait_field("READY", "1", since=mark, timeout=60)
+        d.drop(clips.clip(10 * (step + 1), 10), name)
+        d.wait_idle(timeout=CLUSTER_TIMEOUT)
+    targets = _targets(d)
+    assert "on the cluster" not in targets["one.mp4"]
+    assert "on the cluster" in targets["two.mp4"]
+    assert "on the cluster" not in targets["three.mp4"]
+    assert_clean(d)
+    assert d.terminate(timeout=30) == 0
