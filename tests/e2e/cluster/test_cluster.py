@@ -138,6 +138,29 @@ def test_without_the_cluster_prefer_protects_here(
     assert d.terminate(timeout=30) == 0
 
 
+def test_the_whole_cluster_gone_mid_file_prefer_finishes_it_here(
+    cluster_daemon: Daemon, ray_cluster: RayCluster, long_video: Path
+) -> None:
+    ray_cluster.start()
+    d = cluster_daemon
+    d.start()
+    d.drop(long_video, "long.mp4")
+    wait_until(
+        lambda: any(j["progress"] and j["progress"] > 0.1 for j in d.jobs()), 120, "segments done", 0.1, d.log_tail
+    )
+    ray_cluster.stop()  # head and workers, mid-file
+    d.wait_idle(timeout=CLUSTER_TIMEOUT)
+
+    assert regular_files(d.output) == ["long.mp4"]
+    [job] = d.jobs()
+    assert (job["state"], job["attempts"]) == ("done", 1)
+    assert "on the cluster" not in _targets(d)["long.mp4"]
+    assert any("long.mp4 on this machine" in line for line in d.log().splitlines())
+    assert frame_count(d.output / "long.mp4") == frame_count(long_video)
+    assert_clean(d)
+    assert d.terminate(timeout=30) == 0
+
+
 def test_without_the_cluster_only_pauses_and_resumes_when_it_returns(
     cluster_daemon: Daemon, ray_cluster: RayCluster, clip10: Path
 ) -> None:
