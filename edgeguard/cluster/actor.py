@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import shutil
 import stat
 import tempfile
 from collections.abc import Callable
@@ -111,6 +112,29 @@ def settings(sections: dict[str, Any], parcel: Parcel, placed: dict[str, Path], 
     return Config.model_validate(data)
 
 
+def own_folder(parent: Path) -> Path:
+    """This actor's working folder, PARENT/PID; first removing those of actors that are gone.
+
+    A killed actor (its node lost, the daemon's driver gone) cleans up nothing: the next actor on
+    the node does, so footage does not pile up on a worker's disk.
+    """
+    parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    for folder in parent.iterdir():
+        if not folder.name.isdigit() or int(folder.name) == os.getpid():
+            continue
+        try:
+            os.kill(int(folder.name), 0)
+        except ProcessLookupError:
+            shutil.rmtree(folder, ignore_errors=True)
+            log.info("removed %s, left by an actor that is gone", folder)
+        except PermissionError:  # alive, as another user
+            continue
+    folder = parent / str(os.getpid())
+    shutil.rmtree(folder, ignore_errors=True)  # a dead actor's, whose PID this one got
+    folder.mkdir(mode=0o700)
+    return folder
+
+
 class Protector:
     """A Ray actor (see `bridge`): the model loaded once, then one file or segment per call."""
 
@@ -121,8 +145,9 @@ class Protector:
 
         # The gateway's models folder means nothing here; the parcel says where the model is.
         os.environ.pop("EDGEGUARD_MODELS_DIR", None)
-        self._folder = Path(tempfile.mkdtemp(prefix="edgeguard-actor-"))
-        placed = place(parcel, cache_root(node_cache), ray.get)
+        root = cache_root(node_cache)
+        placed = place(parcel, root, ray.get)
+        self._folder = own_folder(root / "actors")
         self.cfg = settings(sections, parcel, placed, self._folder)
         self.engine = Engine(self.cfg)
         self.node = ray.get_runtime_context().get_node_id()

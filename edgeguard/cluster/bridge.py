@@ -68,6 +68,8 @@ def reachable(address: str, timeout: float) -> str | None:
 
 
 class Bridge:
+    """Serves the daemon's requests, one at a time, with the pool's actors."""
+
     def __init__(self, request: dict[str, Any], out: IO[str]) -> None:
         self.out = out
         self.request = request
