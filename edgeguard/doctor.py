@@ -70,27 +70,26 @@ def _cluster(cfg: Config, blockers: list[str]) -> None:
         return
     finally:
         engine.close()
-    actors = sum(len(n["actors"]) for n in nodes)
-    _line(actors > 0, "cluster", f"{c.address}: {len(nodes)} nodes, {actors} actors (mode {c.mode})")
-    if not actors and c.mode == "only":
-        blockers.append("no node of the cluster runs an actor (cluster.mode: only)")
+    room = sum(n["room"] for n in nodes if n["about"] is not None)
+    _line(room > 0, "cluster", f"{c.address}: {len(nodes)} nodes, room for {room} actors (mode {c.mode})")
+    if not room and c.mode == "only":
+        blockers.append("no node of the cluster can run an actor (cluster.mode: only)")
     for node in nodes:
         what = f"node {node['address']} {node['node'][:8]}"
-        if not node["actors"]:
-            why = node["problem"] or f"no actor: the node has {node['cpus']:g} CPUs, an actor takes {c.actor_cpus:g}"
-            _line(False if node["problem"] else None, what, why)
+        about = node["about"]
+        if about is None:
+            _line(False, what, f"cannot be used: {node['problem']}")
             continue
-        about = node["actors"][0]
-        same_model = all(a["weights"] == dict(engine.weights) for a in node["actors"])
+        same_model = about["weights"] == dict(engine.weights)
         same_version = about["edgeguard"] == __version__
         arrived = "received, sha256 verified" if same_model else "DIFFERS from this machine's"
-        model = f"model {about['model']} {arrived}"
         version = f"edgeguard {about['edgeguard']}" + ("" if same_version else f" (this machine: {__version__})")
-        _line(
-            same_model and same_version,
-            what,
-            f"{version}, Ray {about['ray']}, {len(node['actors'])} actor(s) on {about['target']}, {model}",
-        )
+        if node["room"]:
+            actors = f"room for {node['room']} actor(s)"
+        else:
+            actors = f"no room for an actor ({node['cpus']:g} CPUs, one takes {c.actor_cpus:g})"
+        detail = f"{version}, Ray {about['ray']}, {actors}, model {engine.model_name} {arrived}"
+        _line((same_model and same_version) if node["room"] else None, what, detail)
 
 
 def run_doctor(cfg: Config) -> int:

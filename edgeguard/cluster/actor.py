@@ -15,6 +15,7 @@ import hashlib
 import logging
 import os
 import shutil
+import socket
 import stat
 import tempfile
 from collections.abc import Callable
@@ -58,14 +59,23 @@ def cache_root(node_cache: str) -> Path:
     return Path(node_cache or tempfile.gettempdir()) / "edgeguard-models"
 
 
+def private_folder(path: Path) -> Path:
+    """`path` made (or found) as a real folder of this user's that no one else can write.
+
+    In a shared /tmp another user could have made it (or a link by its name) first, and swap the
+    model's files between their check and their load, or point the clean-up of dead actors elsewhere.
+    """
+    path.mkdir(exist_ok=True, mode=0o700)
+    st = path.lstat()
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o022:
+        raise EdgeguardError(f"{path} is not a folder of this user's alone: set cluster.node_cache")
+    return path
+
+
 def place(parcel: Parcel, root: Path, fetch: Callable[[Any], bytes]) -> dict[str, Path]:
     """Each model file in the node's cache (fetched with `fetch(ref)` only if missing or wrong), by role."""
-    store = root / "sha256"
-    store.mkdir(parents=True, exist_ok=True, mode=0o700)
-    st = store.lstat()
-    # In a shared /tmp another user could have made it first, and swap files between check and load.
-    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o022:
-        raise EdgeguardError(f"{store} is not a folder of this user's alone: set cluster.node_cache")
+    root.parent.mkdir(parents=True, exist_ok=True)
+    store = private_folder(private_folder(root) / "sha256")
     placed: dict[str, Path] = {}
     for f in parcel.files:
         path = store / f.sha256
@@ -118,7 +128,8 @@ def own_folder(parent: Path) -> Path:
     A killed actor (its node lost, the daemon's driver gone) cleans up nothing: the next actor on
     the node does, so footage does not pile up on a worker's disk.
     """
-    parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    private_folder(parent.parent)
+    private_folder(parent)
     for folder in parent.iterdir():
         if not folder.name.isdigit() or int(folder.name) == os.getpid():
             continue
@@ -135,6 +146,19 @@ def own_folder(parent: Path) -> Path:
     return folder
 
 
+def check_node(parcel: Parcel, node_cache: str) -> dict[str, Any]:
+    """What `edgeguard doctor` asks of a node (a Ray task of no CPU): its versions, and the model's
+    files as it holds them after receiving them, by sha256."""
+    import ray
+
+    placed = place(parcel, cache_root(node_cache), ray.get)
+    return {
+        "edgeguard": __version__,
+        "ray": ray.__version__,
+        "weights": {role: _sha256(path) for role, path in sorted(placed.items())},
+    }
+
+
 class Protector:
     """A Ray actor (see `bridge`): the model loaded once, then one file or segment per call."""
 
@@ -147,7 +171,8 @@ class Protector:
         os.environ.pop("EDGEGUARD_MODELS_DIR", None)
         root = cache_root(node_cache)
         placed = place(parcel, root, ray.get)
-        self._folder = own_folder(root / "actors")
+        # By host: a node_cache shared between nodes must not have one node clean another's folders.
+        self._folder = own_folder(root / f"actors-{socket.gethostname()}")
         self.cfg = settings(sections, parcel, placed, self._folder)
         self.engine = Engine(self.cfg)
         self.node = ray.get_runtime_context().get_node_id()
@@ -167,13 +192,24 @@ class Protector:
         }
 
     def protect(self, data: bytes, suffix: str, out_suffix: str) -> tuple[bytes | None, dict[str, Any]]:
-        """The protected bytes and the engine's result; (None, the error) when the input is at fault."""
+        """The protected bytes and the engine's result; (None, why not) when they cannot be had:
+        the input's fault (`input`), or this node's (`transient`: its disk is full, say)."""
         with tempfile.TemporaryDirectory(dir=self._folder) as tmp:
             src = Path(tmp) / f"in{suffix}"
             out = Path(tmp) / f"out{out_suffix}"
-            src.write_bytes(data)
             try:
+                src.write_bytes(data)
                 result = self.engine.protect_file(src, out)
+                protected = out.read_bytes()
+            except OSError as exc:  # its own folder (full, gone): the node's fault, never the file's
+                reason = f"the node cannot work on it: {exc.strerror or exc}"
+                return None, {
+                    "reason": reason,
+                    "stage": "remote",
+                    "input": False,
+                    "incomplete": False,
+                    "transient": True,
+                }
             except FileError as exc:
                 incomplete = isinstance(exc, InputError) and exc.incomplete
                 return None, {
@@ -183,4 +219,4 @@ class Protector:
                     "incomplete": incomplete,
                     "transient": exc.transient,  # this node's disk, not the file: retried later
                 }
-            return out.read_bytes(), {**result.as_dict(), "node": self.node}
+            return protected, {**result.as_dict(), "node": self.node}

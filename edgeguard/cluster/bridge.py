@@ -25,6 +25,7 @@ import os
 import signal
 import socket
 import sys
+import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
@@ -32,6 +33,7 @@ from pathlib import Path
 from typing import IO, Any, TypeVar
 
 from edgeguard.cluster import Unavailable, segments
+from edgeguard.cluster.actor import check_node
 from edgeguard.cluster.pool import Member, Pool, last_line
 from edgeguard.media import media_kind
 
@@ -72,15 +74,19 @@ class Bridge:
 
     def __init__(self, request: dict[str, Any], out: IO[str]) -> None:
         self.out = out
+        self.lock = threading.Lock()
+        self.fraction = 0.0  # of the file in progress, as last reported
         self.request = request
         self.pool = Pool(request, self.send)
 
     def send(self, message: dict[str, Any]) -> None:
-        self.out.write(json.dumps(message) + "\n")
-        self.out.flush()
+        with self.lock:  # the heartbeat thread sends too
+            self.out.write(json.dumps(message) + "\n")
+            self.out.flush()
 
     def serve(self, requests: IO[str]) -> None:
-        self.pool.refresh()
+        if self.request.get("actors", True):  # `edgeguard doctor` only looks: it takes no node's CPUs
+            self.pool.refresh()
         self.send({"ready": {"actors": len(self.pool.members), "nodes": len({m.node for m in self.pool.members})}})
         for line in requests:
             request = json.loads(line)
@@ -88,9 +94,14 @@ class Bridge:
                 if request["op"] == "nodes":
                     self.send({"nodes": self.describe()})
                     continue
+                self.fraction = 0.0
                 result = self.protect(Path(request["src"]), Path(request["out"]))
             except Refused as exc:
                 self.send({"failed": exc.error})
+                continue
+            except OSError as exc:  # this machine's work folder (full, gone): a retry, not the cluster's fault
+                error = {"reason": f"cannot write in the work folder: {exc.strerror or exc}", "stage": "write"}
+                self.send({"failed": {**error, "input": False, "incomplete": False, "transient": True}})
                 continue
             except Unavailable as exc:
                 self.send({"unavailable": str(exc)})
@@ -102,19 +113,43 @@ class Bridge:
             self.send({"done": result})
 
     def describe(self) -> list[dict[str, Any]]:
-        """Every live node: its resources, and what its actors report (versions, model hashes)."""
-        self.pool.refresh()
+        """Every live node: its CPUs, its versions, and the model as it received it (by sha256).
+
+        A probe of no CPU on each node: it runs beside the daemon's actors, never waits for them.
+        """
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        ray = self.pool.ray
+        probe = ray.remote(num_cpus=0, max_retries=0)(check_node)
+        nodes = self.pool.nodes()
+        refs = {}
+        for node in nodes:
+            strategy = NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)
+            ref = probe.options(scheduling_strategy=strategy).remote(
+                self.pool.parcel, self.request["cluster"]["node_cache"]
+            )
+            refs[node["NodeID"]] = ref
+        deadline = time.monotonic() + self.request["cluster"]["silence_timeout"]
+        pending = list(refs.values())
+        while pending and time.monotonic() < deadline:
+            _, pending = ray.wait(pending, num_returns=len(pending), timeout=WAIT)
+            self.send({"progress": 0.0})
         out = []
-        for node in self.pool.nodes():
-            node_id = node["NodeID"]
-            actors = [m.about for m in self.pool.members if m.node == node_id]
+        for node in nodes:
+            ref = refs[node["NodeID"]]
+            try:
+                about, problem = (ray.get(ref, timeout=0), None) if ref not in pending else (None, "no answer")
+            except Exception as exc:  # noqa: BLE001 - what the node could not do is the report
+                about, problem = None, last_line(exc)
+            cpus = node.get("Resources", {}).get("CPU", 0)
             out.append(
                 {
-                    "node": node_id,
+                    "node": node["NodeID"],
                     "address": node.get("NodeManagerAddress"),
-                    "cpus": node.get("Resources", {}).get("CPU", 0),
-                    "actors": actors,
-                    "problem": self.pool.problem(node_id),
+                    "cpus": cpus,
+                    "room": min(self.request["cluster"]["actors_per_node"], int(cpus // self.pool.cpus)),
+                    "about": about,
+                    "problem": problem,
                 }
             )
         return out
@@ -127,21 +162,46 @@ class Bridge:
         plan = None
         if media_kind(src) == "video" and seconds > 0:
             try:
-                plan = segments.plan(src, seconds)
+                with self.beating():
+                    plan = segments.plan(src, seconds)
             except Exception as exc:  # noqa: BLE001 - whatever is wrong with it, the whole-file run says
                 log.info("%s: not cut (%s); protecting it whole", src.name, last_line(exc))
         if plan is not None:
             try:
                 return self._segmented(src, out, plan)
-            except (segments.JoinError, PieceRefused) as exc:
-                log.warning("%s: %s; protecting it whole", src.name, exc)
+            except Unavailable:
+                raise
+            except Exception as exc:  # noqa: BLE001 - a cut, a piece or a join that failed: the actor judges the whole
+                log.warning("%s: %s; protecting it whole", src.name, last_line(exc))
         started = time.monotonic()
-        data, result = self._run([(0, src.read_bytes())], src.suffix, out.suffix, lambda _k, d: d)[0]
-        out.write_bytes(data)
-        _fsync(out)
+        with self.beating():
+            data = src.read_bytes()
+        result_data, result = self._run([(0, data)], src.suffix, out.suffix, lambda _k, d: d)[0]
+        del data
+        with self.beating():
+            out.write_bytes(result_data)
+            _fsync(out)
         seconds = time.monotonic() - started
         fps = round(result["frames"] / seconds, 3) if seconds else 0.0
         return {**result, "seconds": round(seconds, 3), "fps": fps, "segments": 1, "nodes": 1}
+
+    @contextlib.contextmanager
+    def beating(self) -> Iterator[None]:
+        """Tell the daemon "still working" every WAIT while the bridge itself works (reading, cutting,
+        joining a long video), so its silence timeout and the watchdog see work, not a hang."""
+        stop = threading.Event()
+
+        def beat() -> None:
+            while not stop.wait(WAIT):
+                self.send({"progress": self.fraction})
+
+        thread = threading.Thread(target=beat, name="edgeguard-bridge-beat", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
 
     def _segmented(self, src: Path, out: Path, plan: segments.Plan) -> dict[str, Any]:
         started = time.monotonic()
@@ -155,8 +215,11 @@ class Bridge:
             pieces = ((s.index, data) for s, data in segments.cut(src, plan.segments))
             results = self._run(pieces, ".mp4", ".mp4", keep, total=len(plan.segments))
             video = self.request["sections"]["video"]
-            segments.join(src, parts, plan, out, audio=video["audio"] == "keep", keep_metadata=video["keep_metadata"])
-            _fsync(out)
+            with self.beating():
+                segments.join(
+                    src, parts, plan, out, audio=video["audio"] == "keep", keep_metadata=video["keep_metadata"]
+                )
+                _fsync(out)
         finally:
             for part in parts:
                 part.unlink(missing_ok=True)
@@ -183,13 +246,31 @@ class Bridge:
     ) -> list[tuple[T, dict[str, Any]]]:
         """Protect every piece on the pool, at most one per actor at a time; results in piece order.
 
-        A piece whose actor died, or failed without blaming the input, goes to another actor; after
-        PIECE_TRIES it is refused (a file that kills every actor it meets is the file's fault).
+        A piece goes to another actor when its actor's node died (not counted), when the actor
+        failed without blaming the input, or when its node's disk was full (that node is then
+        rested); after PIECE_TRIES counted failures it is refused: a file that kills every actor
+        it meets is the file's fault.
         """
-        ray = self.pool.ray
-        source = iter(pieces)
-        retry: deque[tuple[int, Any, int]] = deque()  # (piece, its object, tries so far)
         running: dict[Any, tuple[int, Any, int, Member]] = {}
+        try:
+            return self._schedule(iter(pieces), suffix, out_suffix, keep, total, running)
+        finally:
+            # Left early (a refusal, a failed cut): the actors still at work on this file are free
+            # again; a task of theirs still running only delays their next one.
+            for _, _, _, member in running.values():
+                member.busy = False
+
+    def _schedule(
+        self,
+        source: Iterator[tuple[int, bytes]],
+        suffix: str,
+        out_suffix: str,
+        keep: Callable[[int, bytes], T],
+        total: int,
+        running: dict[Any, tuple[int, Any, int, Member]],
+    ) -> list[tuple[T, dict[str, Any]]]:
+        ray = self.pool.ray
+        retry: deque[tuple[int, Any, int]] = deque()  # (piece, its object, counted failures)
         results: dict[int, tuple[T, dict[str, Any]]] = {}
         exhausted = False
         while True:
@@ -208,31 +289,38 @@ class Bridge:
                 if exhausted and not retry:
                     return [results[k] for k in sorted(results)]
                 self.pool.refresh()  # every actor died: start new ones on the nodes still alive
+                if not any(not m.busy for m in self.pool.members):
+                    raise Unavailable("no actor of the cluster is free")
                 continue
             done, _ = ray.wait(list(running), num_returns=1, timeout=WAIT)
-            self.send({"progress": len(results) / total})
+            self.fraction = len(results) / total
+            self.send({"progress": self.fraction})
             for ref in done:
                 k, obj, tries, member = running.pop(ref)
                 member.busy = False
                 try:
                     data, result = ray.get(ref)
                 except ray.exceptions.RayError as exc:
-                    # The actor died (its node gone, out of memory) or raised what no input explains.
                     self.pool.drop(member)
-                    log.warning("an actor on node %s failed during piece %d (%s)", member.node[:12], k, last_line(exc))
-                    if tries + 1 >= PIECE_TRIES:
+                    # Its node gone is the cluster's doing, not the file's: not counted.
+                    lost = member.node not in {n["NodeID"] for n in self.pool.nodes()}
+                    what = "lost with its node" if lost else "failed"
+                    log.warning(
+                        "an actor on node %s %s during piece %d (%s)", member.node[:12], what, k, last_line(exc)
+                    )
+                    tries += 0 if lost else 1
+                    if tries >= PIECE_TRIES:
                         reason = f"{PIECE_TRIES} cluster actors failed on it: {last_line(exc)}"
-                        raise (PieceRefused if total > 1 else Refused)(
-                            {
-                                "reason": reason,
-                                "stage": "remote",
-                                "input": False,
-                                "incomplete": False,
-                                "transient": False,
-                            }
-                        ) from exc
+                        error = {"reason": reason, "stage": "remote", "input": False, "incomplete": False}
+                        raise (PieceRefused if total > 1 else Refused)({**error, "transient": False}) from exc
                     log.warning("sending piece %d elsewhere", k)
-                    retry.append((k, obj, tries + 1))
+                    retry.append((k, obj, tries))
+                    continue
+                if data is None and result.get("transient"):
+                    # That node's disk, not the file: rest the node, try the piece elsewhere.
+                    self.pool.rest(member, result["reason"])
+                    log.warning("node %s: %s; sending piece %d elsewhere", member.node[:12], result["reason"], k)
+                    retry.append((k, obj, tries))
                     continue
                 if data is None:
                     raise (PieceRefused if total > 1 else Refused)(result)

@@ -78,11 +78,14 @@ def model_parcel(cfg: Config) -> dict[str, Any]:
 
 
 class BridgeProcess:
-    """One bridge process and its two pipes; every call from the worker thread."""
+    """One bridge process and its two pipes, used by one thread at a time (the worker's; doctor's;
+    the main thread's on a reload, while the worker is idle)."""
 
-    def __init__(self, cfg: Config, parcel: dict[str, Any]) -> None:
+    def __init__(self, cfg: Config, parcel: dict[str, Any], *, actors: bool = True) -> None:
+        """`actors=False`: a bridge that only looks at the nodes (doctor), holding none of their CPUs."""
         sections = cfg.model_dump(mode="json", include={"detector", "protect", "video", "temporal", "media"})
-        request = {"cluster": cfg.cluster.model_dump(mode="json"), "sections": sections, "model": parcel}
+        cluster = cfg.cluster.model_dump(mode="json")
+        request = {"cluster": cluster, "sections": sections, "model": parcel, "actors": actors}
         reply_r, reply_w = os.pipe()
         try:
             self.proc = subprocess.Popen(
@@ -101,7 +104,11 @@ class BridgeProcess:
             os.close(reply_w)
         self.replies = os.fdopen(reply_r, "r")
         self.buffer = ""
-        self.ask(request)
+        try:
+            self.ask(request)
+        except Unavailable:
+            self.close()
+            raise
 
     def ask(self, request: dict[str, Any]) -> None:
         assert self.proc.stdin is not None
@@ -202,7 +209,7 @@ class ClusterEngine:
     ) -> Result:
         c = self.cfg.cluster
         if c.mode == "prefer" and time.monotonic() < self._down_until:
-            return self.local().protect_file(src, out, progress=progress, cancel=cancel)
+            return self._here(src, out, progress, cancel)
         try:
             result = self._remote(src, out, progress, cancel)
         except Unavailable as exc:
@@ -213,7 +220,7 @@ class ClusterEngine:
                 raise FileError(src, reason, stage=STAGE, transient=True) from None
             self._down_until = time.monotonic() + c.retry_seconds
             log.warning("cluster unavailable (%s); protecting %s on this machine", exc, src.name)
-            return self.local().protect_file(src, out, progress=progress, cancel=cancel)
+            return self._here(src, out, progress, cancel)
         except FileError as exc:
             if isinstance(exc, Cancelled):
                 self.close()  # nothing of a cancelled file may go on out there
@@ -227,6 +234,15 @@ class ClusterEngine:
             log.info("the cluster at %s takes files again", c.address)
             self._down_reason = None
         return result
+
+    def _here(self, src: Path, out: Path, progress: Progress | None, cancel: threading.Event | None) -> Result:
+        """Protect on this machine (mode prefer, the cluster away)."""
+        try:
+            local = self.local()
+        except SetupError as exc:  # e.g. a target only the nodes have: wait for the cluster instead
+            reason = f"cluster unavailable, and this machine cannot protect it: {exc}"
+            raise FileError(src, reason, stage=STAGE, transient=True) from None
+        return local.protect_file(src, out, progress=progress, cancel=cancel)
 
     def _connected(self, progress: Progress | None = None, cancel: threading.Event | None = None) -> BridgeProcess:
         if self._bridge is not None and self._bridge.proc.poll() is None:
@@ -292,18 +308,24 @@ class ClusterEngine:
         )
 
     def nodes(self) -> list[dict[str, Any]]:
-        """The cluster's live nodes and what their actors report (for `edgeguard doctor`)."""
+        """The cluster's live nodes: versions, room for actors, the model as received (`edgeguard doctor`).
+
+        Through a bridge of its own that starts no actor, so it neither takes CPUs from a running
+        daemon's actors nor waits for them.
+        """
+        c = self.cfg.cluster
+        bridge = BridgeProcess(self.cfg, self._parcel, actors=False)
         try:
-            bridge = self._connected()
+            reply = bridge.next(c.connect_timeout + c.silence_timeout)
+            if "ready" not in reply:
+                raise Unavailable(reply.get("unavailable", f"unexpected reply {reply}"))
             bridge.ask({"op": "nodes"})
-            reply = bridge.next(self.cfg.cluster.silence_timeout)
+            reply = bridge.next(c.silence_timeout)
             while "progress" in reply:
-                reply = bridge.next(self.cfg.cluster.silence_timeout)
-        except BaseException:
-            self.close()
-            raise
+                reply = bridge.next(c.silence_timeout)
+        finally:
+            bridge.close()
         if "nodes" not in reply:
-            self.close()
             raise Unavailable(reply.get("unavailable", f"unexpected reply {reply}"))
         nodes: list[dict[str, Any]] = reply["nodes"]
         return nodes

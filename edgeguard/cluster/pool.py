@@ -53,8 +53,8 @@ class Pool:
             files.append(ModelFile(f["role"], f["filename"], f["sha256"], ray.put(data), f["explicit"]))
         # Put once: Ray sends each object to a node at most once, and only to a node that asks.
         self.parcel = Parcel(model["name"], model["manifest"], tuple(files))
-        cpus = self.cluster["actor_cpus"]
-        self.actor = ray.remote(num_cpus=cpus, max_restarts=0, max_task_retries=0)(Protector)
+        self.cpus: float = self.cluster["actor_cpus"]
+        self.actor = ray.remote(num_cpus=self.cpus, max_restarts=0, max_task_retries=0)(Protector)
 
     def nodes(self) -> list[dict[str, Any]]:
         return [n for n in self.ray.nodes() if n.get("Alive")]
@@ -120,6 +120,12 @@ class Pool:
             self.ray.kill(member.handle)
         except Exception as exc:  # noqa: BLE001 - already gone with its node
             log.debug("killing an actor of node %s: %s", member.node[:12], last_line(exc))
+
+    def rest(self, member: Member, why: str) -> None:
+        """Leave `member`'s node alone for retry_seconds (its disk is full, say), and drop its actor."""
+        self.failed_nodes[member.node] = (why, time.monotonic())
+        for other in [m for m in self.members if m.node == member.node]:
+            self.drop(other)
 
     def problem(self, node: str) -> str | None:
         failed = self.failed_nodes.get(node)
