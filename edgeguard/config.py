@@ -360,10 +360,12 @@ class ClusterConfig(Section):
     # Cut a video at the first keyframe after every this many seconds (when that makes two pieces or
     # more) and protect the pieces in parallel; 0 = never cut.
     segment_seconds: Annotated[float, Field(ge=0)] = 10.0
-    # Seconds to reach the head, and to get any word from the cluster while a file is out there.
+    # Seconds to reach the head; seconds without any word from the driver (it speaks at least every
+    # half second while it and the actors work), or for a new actor to load the model.
     connect_timeout: Annotated[float, Field(gt=0, le=600)] = 10.0
     silence_timeout: Annotated[float, Field(gt=0, le=3600)] = 120.0
-    # After the cluster was unreachable (mode prefer), protect here this long before trying it again.
+    # After the cluster was unreachable (mode prefer), protect here this long before trying it again;
+    # a node whose actors could not start (or whose disk was full) is left alone as long.
     retry_seconds: Annotated[float, Field(ge=0, le=86400)] = 30.0
     # Where each node keeps the model files it received (checked by sha256 before every load);
     # empty = the node's temporary folder.

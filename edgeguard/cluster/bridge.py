@@ -10,9 +10,11 @@ result where the daemon says (a staging name there); it never touches anything e
 daemon's. Segments of a long video go to every actor at once; a segment whose actor died is
 sent to another; the protected segments are joined here (`segments.join`).
 
-Messages out: {"ready": {...}} once connected and the actors hold the model, then per request
-{"progress": f} ..., and {"done": result} | {"failed": error} | {"unavailable": reason}; for
-{"op": "nodes"}, {"nodes": [...]}.
+Messages out, each a line: {"progress": f} whenever there is news and at least every WAIT while
+it works (so the daemon's silence timeout means a hung bridge); {"ready": {...}} once connected
+(and the actors hold the model); then per request {"done": result} | {"failed": error} |
+{"unavailable": reason}, or for {"op": "nodes"} (doctor) {"nodes": [...]}. A hung actor is not
+seen here: the daemon's file_timeout ends such a file, as it ends one hung on this machine.
 """
 
 from __future__ import annotations
@@ -47,8 +49,8 @@ PIECE_TRIES = 3  # a piece that this many actors died or failed on is the file's
 
 
 class Refused(Exception):
-    """The input cannot be protected (an actor said so of the whole file): the daemon fails it, or
-    retries it when `transient` (a node's disk was full)."""
+    """The file cannot be protected: an actor blamed the input, or PIECE_TRIES actors failed on it.
+    The daemon fails it (or retries it, when `transient`)."""
 
     def __init__(self, error: dict[str, Any]) -> None:
         super().__init__(error["reason"])

@@ -89,7 +89,7 @@ class Pool:
 
     def _started(self, starting: list[tuple[str, Any, Any]]) -> None:
         refs = {ref: (node, handle) for node, handle, ref in starting}
-        # Longer only if the daemon's silence timeout is: it waits no longer for a word from us.
+        # The model's first trip to a node and its load; as long as the daemon waits for any news.
         limit = self.cluster["silence_timeout"]
         deadline = time.monotonic() + limit
         pending = list(refs)
