@@ -115,6 +115,45 @@ def test_a_worker_node_killed_mid_file_loses_nothing_and_doubles_nothing(
     assert d.terminate(timeout=30) == 0
 
 
+def _bridges() -> list[int]:
+    """PIDs of every cluster bridge (the daemons' Ray drivers) running on this machine."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if entry.name.isdigit() and b"edgeguard.cluster.bridge" in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
+def test_the_daemon_killed_mid_file_leaves_no_driver_and_the_file_ends_once(
+    cluster_daemon: Daemon, ray_cluster: RayCluster, long_video: Path
+) -> None:
+    ray_cluster.start()
+    d = cluster_daemon
+    d.start()
+    d.drop(long_video, "long.mp4")
+    wait_until(
+        lambda: any(j["progress"] and j["progress"] > 0.1 for j in d.jobs()), 120, "segments done", 0.1, d.log_tail
+    )
+    assert len(_bridges()) == 1
+    d.kill()  # SIGKILL: no handler runs, the bridge is not told
+    wait_until(lambda: not _bridges(), 10, "the bridge to die with its daemon")
+    d.start()
+    d.wait_idle(timeout=CLUSTER_TIMEOUT)
+
+    assert regular_files(d.output) == ["long.mp4"]
+    [job] = d.jobs()
+    assert (job["state"], job["attempts"]) == ("done", 2)
+    assert "(20 segments on 2 nodes)" in _targets(d)["long.mp4"]
+    assert frame_count(d.output / "long.mp4") == frame_count(long_video)
+    assert_clean(d)  # no piece or partial output of the killed run is left in work
+    assert d.terminate(timeout=30) == 0
+    assert not _bridges()
+
+
 def test_without_the_cluster_prefer_protects_here(
     cluster_daemon: Daemon, ray_cluster: RayCluster, clip10: Path, clips: Clips
 ) -> None:
