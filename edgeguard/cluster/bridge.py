@@ -37,6 +37,7 @@ from typing import IO, Any, TypeVar
 from edgeguard.cluster import Unavailable, segments
 from edgeguard.cluster.actor import check_node
 from edgeguard.cluster.pool import Member, Pool, last_line
+from edgeguard.durable import fsync_file
 from edgeguard.media import media_kind
 
 log = logging.getLogger(__name__)
@@ -182,7 +183,7 @@ class Bridge:
         del data
         with self.beating():
             out.write_bytes(result_data)
-            _fsync(out)
+            fsync_file(out)
         seconds = time.monotonic() - started
         fps = round(result["frames"] / seconds, 3) if seconds else 0.0
         return {**result, "seconds": round(seconds, 3), "fps": fps, "segments": 1, "nodes": 1}
@@ -221,7 +222,7 @@ class Bridge:
                 segments.join(
                     src, parts, plan, out, audio=video["audio"] == "keep", keep_metadata=video["keep_metadata"]
                 )
-                _fsync(out)
+                fsync_file(out)
         finally:
             for part in parts:
                 part.unlink(missing_ok=True)
@@ -347,14 +348,6 @@ def _merge(results: list[dict[str, Any]]) -> dict[str, Any]:
         "model": first["model"],
         "target": first["target"],
     }
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _die_with(parent: int) -> None:

@@ -37,6 +37,13 @@ def _video(path: Path) -> tuple[str, list[float], int]:
     return codec, times, audio
 
 
+def _mid_file(d: Daemon) -> None:
+    """Wait until the file in hand is partly done on the cluster (its first pieces are back)."""
+    wait_until(
+        lambda: any(j["progress"] and j["progress"] > 0.1 for j in d.jobs()), 120, "pieces done", 0.1, d.log_tail
+    )
+
+
 def _targets(d: Daemon) -> dict[str, str]:
     """Each output's name and the target its audit record says did the work."""
     out = {}
@@ -95,9 +102,7 @@ def test_a_worker_node_killed_mid_file_loses_nothing_and_doubles_nothing(
     d.drop(long_video, "long.mp4")
     # Mid-file: the segments are out on both nodes.
     wait_until(lambda: "connected to the cluster" in d.log(), 120, "the daemon to reach the cluster", 0.1, d.log_tail)
-    wait_until(
-        lambda: any(j["progress"] and j["progress"] > 0.1 for j in d.jobs()), 120, "segments done", 0.1, d.log_tail
-    )
+    _mid_file(d)
     ray_cluster.kill_worker(0)
     d.wait_idle(timeout=CLUSTER_TIMEOUT)
 
@@ -135,9 +140,7 @@ def test_the_daemon_killed_mid_file_leaves_no_driver_and_the_file_ends_once(
     d = cluster_daemon
     d.start()
     d.drop(long_video, "long.mp4")
-    wait_until(
-        lambda: any(j["progress"] and j["progress"] > 0.1 for j in d.jobs()), 120, "segments done", 0.1, d.log_tail
-    )
+    _mid_file(d)
     assert len(_bridges()) == 1
     d.kill()  # SIGKILL: no handler runs, the bridge is not told
     wait_until(lambda: not _bridges(), 10, "the bridge to die with its daemon")
@@ -184,9 +187,7 @@ def test_the_whole_cluster_gone_mid_file_prefer_finishes_it_here(
     d = cluster_daemon
     d.start()
     d.drop(long_video, "long.mp4")
-    wait_until(
-        lambda: any(j["progress"] and j["progress"] > 0.1 for j in d.jobs()), 120, "segments done", 0.1, d.log_tail
-    )
+    _mid_file(d)
     ray_cluster.stop()  # head and workers, mid-file
     d.wait_idle(timeout=CLUSTER_TIMEOUT)
 
