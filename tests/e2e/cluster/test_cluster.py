@@ -44,6 +44,14 @@ def _mid_file(d: Daemon) -> None:
     )
 
 
+def _done_once(d: Daemon, name: str, src: Path, attempts: int = 1) -> None:
+    """`src`, dropped as `name`, ended exactly once: one output with its frames, one job, done."""
+    assert regular_files(d.output) == [name]
+    [job] = d.jobs()
+    assert (job["state"], job["attempts"]) == ("done", attempts)
+    assert frame_count(d.output / name) == frame_count(src)
+
+
 def _targets(d: Daemon) -> dict[str, str]:
     """Each output's name and the target its audit record says did the work."""
     out = {}
@@ -106,10 +114,7 @@ def test_a_worker_node_killed_mid_file_loses_nothing_and_doubles_nothing(
     ray_cluster.kill_worker(0)
     d.wait_idle(timeout=CLUSTER_TIMEOUT)
 
-    assert regular_files(d.output) == ["long.mp4"]
-    [job] = d.jobs()
-    assert (job["state"], job["attempts"]) == ("done", 1)
-    assert frame_count(d.output / "long.mp4") == frame_count(long_video)
+    _done_once(d, "long.mp4", long_video)
     assert "during piece" in d.log() and "sending piece" in d.log()
     assert_clean(d)
     d.assert_alive()
@@ -147,11 +152,8 @@ def test_the_daemon_killed_mid_file_leaves_no_driver_and_the_file_ends_once(
     d.start()
     d.wait_idle(timeout=CLUSTER_TIMEOUT)
 
-    assert regular_files(d.output) == ["long.mp4"]
-    [job] = d.jobs()
-    assert (job["state"], job["attempts"]) == ("done", 2)
+    _done_once(d, "long.mp4", long_video, 2)
     assert "(20 segments on 2 nodes)" in _targets(d)["long.mp4"]
-    assert frame_count(d.output / "long.mp4") == frame_count(long_video)
     assert_clean(d)  # no piece or partial output of the killed run is left in work
     assert d.terminate(timeout=30) == 0
     assert not _bridges()
@@ -191,12 +193,9 @@ def test_the_whole_cluster_gone_mid_file_prefer_finishes_it_here(
     ray_cluster.stop()  # head and workers, mid-file
     d.wait_idle(timeout=CLUSTER_TIMEOUT)
 
-    assert regular_files(d.output) == ["long.mp4"]
-    [job] = d.jobs()
-    assert (job["state"], job["attempts"]) == ("done", 1)
+    _done_once(d, "long.mp4", long_video)
     assert "on the cluster" not in _targets(d)["long.mp4"]
     assert any("long.mp4 on this machine" in line for line in d.log().splitlines())
-    assert frame_count(d.output / "long.mp4") == frame_count(long_video)
     assert_clean(d)
     assert d.terminate(timeout=30) == 0
 
