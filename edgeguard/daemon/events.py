@@ -73,6 +73,7 @@ class Verdict:
     reason: str | None  # to log once (None: the worker logged it)
     retry: bool  # still being written: settle it again; else hold it until it changes (or `until`)
     until: float | None = None
+    seen: tuple[int, int] | None = None  # (size, mtime_ns) of what was judged: hold only if still so
 
 
 Event = Ready | StartFailed | Started | Progress | Finished | Verdict

@@ -53,11 +53,12 @@ RELEASE_MARK = ".release"
 class Withdrawn(Exception):
     """A job given back to the incoming folder; `until` is when to look at it again if it stays unchanged."""
 
-    def __init__(self, name: str, reason: str, until: float | None) -> None:
+    def __init__(self, name: str, reason: str, until: float | None, seen: tuple[int, int] | None = None) -> None:
         super().__init__(reason)
         self.name = name
         self.reason = reason
         self.until = until
+        self.seen = seen  # (size, mtime_ns) of what was judged
 
 
 class Stopped(Exception):
@@ -288,7 +289,7 @@ class Jobs:
         fsync_dir(self.folders.work)
         self.ledger.update(job.id, state=L.WITHDRAWN, reason=reason, attempts=job.attempts)
         log.warning("%s: %s", job.name, reason, extra=_fields(job.name, job.id, "withdrawn"))
-        return Withdrawn(job.name, reason, until)
+        return Withdrawn(job.name, reason, until, (snapshot.size, snapshot.mtime_ns))
 
     def _protect(
         self, work: Path, name: str, cancel: threading.Event, progress: Callable[[float], None]

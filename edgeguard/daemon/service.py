@@ -221,7 +221,7 @@ class Service:
                     if event.retry:
                         arrivals.unsettle(event.name, event.reason)
                     else:
-                        arrivals.hold(event.name, event.reason, event.until)
+                        arrivals.hold(event.name, event.reason, event.until, event.seen)
                 event = self._next_event(0)
         return setup
 

@@ -134,12 +134,23 @@ class Arrivals:
     def forget(self, path: Path) -> None:
         self._entries.pop(path.name, None)
 
-    def hold(self, name: str, reason: str | None, until: float | None = None) -> None:
-        """Do not offer `name` again until it changes, or until wall-clock time `until`; logs `reason` once."""
+    def hold(
+        self, name: str, reason: str | None, until: float | None = None, seen: tuple[int, int] | None = None
+    ) -> None:
+        """Do not offer `name` again until it changes, or until wall-clock time `until`; logs `reason` once.
+
+        `seen` is the (size, mtime_ns) the daemon judged: a writer that came back since then
+        has already changed the file, and holding what it is now would wait out `until` for
+        a change that is over.
+        """
         try:
             st = os.lstat(self.folder / name)
         except OSError:
             self._entries.pop(name, None)
+            return
+        if seen is not None and seen != (st.st_size, st.st_mtime_ns):
+            log.info("%s: changed while it was looked at; taken again once it settles", self.folder / name)
+            self._entries[name] = _Entry(st.st_size, st.st_mtime_ns, self.clock(), ctime_ns=st.st_ctime_ns)
             return
         # As it is now: giving a claim back unlinks a name, which moves ctime.
         entry = _Entry(st.st_size, st.st_mtime_ns, self.clock(), ctime_ns=st.st_ctime_ns, held=True, held_until=until)

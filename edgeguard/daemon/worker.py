@@ -152,7 +152,7 @@ class Worker(threading.Thread):
                 ended = self.jobs.fail(job_id, f"time limit of {limit:g} s exceeded", "timeout", since, progress)
             return job.name, ended.outcome, 0.0, ended.report
         except Withdrawn as exc:
-            self.events.put(E.Verdict(exc.name, None, retry=exc.until is None, until=exc.until))
+            self.events.put(E.Verdict(exc.name, None, retry=exc.until is None, until=exc.until, seen=exc.seen))
             return job.name, "withdrawn", 0.0, None
         except Stopped:
             log.info("%s: stopped while sealing its original; the next start finishes it", job.name)

@@ -251,3 +251,23 @@ def test_a_held_file_waits_until_it_changes_or_its_time_comes(tmp_path: Path, cl
     assert sorted(at(w, clock, 201)) == ["a.mp4", "b.mp4"]
     w.unsettle("a.mp4")
     assert at(w, clock, 201) == ["b.mp4"]
+
+
+def test_a_file_changed_while_it_was_judged_is_not_held(tmp_path: Path, clock: Clock) -> None:
+    """A writer that appends while the daemon reads a cut-short file has already made the change
+    the hold waits for: the file is taken again once it settles, not held until `until`."""
+    a = tmp_path / "a.mp4"
+    a.write_bytes(b"x" * 10)
+    w = arrivals(tmp_path, clock)
+    at(w, clock, 0.0)
+    assert at(w, clock, SETTLE) == ["a.mp4"]
+    judged = a.stat()
+    with a.open("ab") as f:  # the writer's next chunk lands before the verdict reaches arrivals
+        f.write(b"y" * 10)
+    w.hold("a.mp4", "cut short", until=time.time() + 300, seen=(judged.st_size, judged.st_mtime_ns))
+    assert at(w, clock, SETTLE + 1) == [], "not before it settles"
+    assert at(w, clock, SETTLE * 2 + 1) == ["a.mp4"], "held for a change that had already come"
+    # Unchanged since it was judged: held as before.
+    now = a.stat()
+    w.hold("a.mp4", "cut short", until=time.time() + 300, seen=(now.st_size, now.st_mtime_ns))
+    assert at(w, clock, SETTLE * 3 + 1) == []
