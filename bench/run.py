@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import tempfile
 import threading
@@ -80,6 +81,7 @@ PROFILES: dict[str, Profile] = {
     "kf-0.3": Profile(("temporal.keyframe_confidence=0.3",), (YOLOX,)),  # keyframes at a higher floor
     "margins-x0.5": Profile(("temporal.margin_scale=0.5",), (YOLOX,)),  # half the carried margins
     "margins-x2": Profile(("temporal.margin_scale=2.0",), (YOLOX,)),  # twice the carried margins
+    "margins-square": Profile(("temporal.margin_xy=[1.0,1.0]",), (YOLOX,)),  # as much across as up and down
     # Face mode: YuNet faces only, against its own every-frame loop.
     "faces-every-frame": Profile(("detector.classes=[face]", "temporal.keyframe_interval=1"), (YOLOX,), "self"),
     "faces": Profile(("detector.classes=[face]",), (YOLOX,), "faces-every-frame"),
@@ -313,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     profiles = dict(PROFILES)
     for spec in args.profile:
         name, _, sets = spec.partition("=")
-        profiles[name] = Profile(tuple(sets.split(",")))
+        profiles[name] = Profile(tuple(re.split(r",(?![^\[]*\])", sets)))  # not the commas of a [list]
     if args.only:
         wanted = set(args.only) | {p.ref for n, p in profiles.items() if n in args.only}
         profiles = {n: p for n, p in profiles.items() if n in wanted}

@@ -122,6 +122,9 @@ class TemporalConfig(Section):
     # Multiplies the measured margins: below 1 hides less around carried instances and
     # leaves more of them uncovered (measure with `make bench`).
     margin_scale: Annotated[float, Field(ge=0, le=10)] = 1.0
+    # Multiplies the measured margins across (x) and up and down (y): a walker's box swings
+    # wider with each stride more than it grows taller (`python -m bench.calibrate`).
+    margin_xy: tuple[Annotated[float, Field(ge=0, le=10)], Annotated[float, Field(ge=0, le=10)]] = (1.3, 0.8)
     # Share of an instance's height around it where the motion check also expects change
     # (shadows, swinging bags); what it hides is not widened by this.
     motion_slack: Annotated[float, Field(ge=0, le=4)] = 0.25
@@ -131,6 +134,13 @@ class TemporalConfig(Section):
     # Keyframes also look at the mirrored frame: always | never | auto (the detector plugin's
     # choice: never for the shipped models, whose mirrored look costs more than it finds).
     keyframe_mirror: Literal["auto", "always", "never"] = "auto"
+
+    @field_validator("margin_xy", mode="before")
+    @classmethod
+    def _two(cls, value: Any) -> Any:
+        if not isinstance(value, list | tuple) or len(value) != 2:
+            raise ValueError(f"expected [across, up_down], two numbers such as [1.3, 0.8], not {value!r}")
+        return value
 
     @model_validator(mode="before")
     @classmethod

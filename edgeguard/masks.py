@@ -9,7 +9,7 @@ import numpy.typing as npt
 from edgeguard.detections import Detections, clip_boxes
 from edgeguard.frames import Mask
 
-Pads = npt.NDArray[np.int32]  # pixels to grow each instance by, beside `dilate`
+Pads = npt.NDArray[np.int32]  # pixels to grow each instance by, beside `dilate`: one per instance, or (x, y) each
 
 
 def hidden_share(mask: Mask) -> float:
@@ -31,12 +31,13 @@ def rasterize(
     """The pixels to hide: instance masks (or boxes), grown by `dilate` pixels, and each
     instance by its own `pad` too (carried instances: how far they may be from where they are placed).
 
+    A pad is either one number per instance or an (x, y) pair: across and up-down.
     `head` extends every person upward by that share of its height: detectors often cut
     a person's box at the forehead, or lose the head against a busy background.
     `heads_only` (face mode) hides just the head of every person.
     """
     mask = np.zeros((height, width), np.uint8)
-    pads = np.zeros(len(det), np.int32) if pad is None else pad
+    pads = as_xy(np.zeros(len(det), np.int32) if pad is None else pad)
     if heads_only:
         det = as_heads(det)
     use_masks = shape == "mask" and det.masks is not None
@@ -44,24 +45,29 @@ def rasterize(
         det, pads = _with_heads(det, head, pads)
     if not use_masks:
         # A box grown by a square dilation is the box made larger: no dilation needed.
-        for (x0, y0, x1, y1), p in zip(det.boxes.tolist(), (pads + max(0, dilate)).tolist(), strict=True):
+        for (x0, y0, x1, y1), (px, py) in zip(det.boxes.tolist(), (pads + max(0, dilate)).tolist(), strict=True):
             if x1 > x0 and y1 > y0:
-                mask[max(0, y0 - p) : y1 + p, max(0, x0 - p) : x1 + p] = 255
+                mask[max(0, y0 - py) : y1 + py, max(0, x0 - px) : x1 + px] = 255
         return mask
     assert det.masks is not None
-    for (x0, y0, x1, y1), m, p in zip(det.boxes.tolist(), det.masks, pads.tolist(), strict=True):
+    for (x0, y0, x1, y1), m, (px, py) in zip(det.boxes.tolist(), det.masks, pads.tolist(), strict=True):
         if x1 <= x0 or y1 <= y0:
             continue
-        if p <= 0:
+        if px <= 0 and py <= 0:
             mask[y0:y1, x0:x1][m] = 255
             continue
         # Grow this instance alone, in a canvas just large enough for it.
-        canvas = np.zeros((y1 - y0 + 2 * p, x1 - x0 + 2 * p), np.uint8)
-        canvas[p:-p, p:-p][m] = 255
-        canvas = grow(canvas, p)
-        ys, xs = slice(max(0, y0 - p), min(height, y1 + p)), slice(max(0, x0 - p), min(width, x1 + p))
-        mask[ys, xs] |= canvas[ys.start - (y0 - p) : ys.stop - (y0 - p), xs.start - (x0 - p) : xs.stop - (x0 - p)]
+        canvas = np.zeros((y1 - y0 + 2 * py, x1 - x0 + 2 * px), np.uint8)
+        canvas[py : py + y1 - y0, px : px + x1 - x0][m] = 255
+        canvas = grow(canvas, px, py)
+        ys, xs = slice(max(0, y0 - py), min(height, y1 + py)), slice(max(0, x0 - px), min(width, x1 + px))
+        mask[ys, xs] |= canvas[ys.start - (y0 - py) : ys.stop - (y0 - py), xs.start - (x0 - px) : xs.stop - (x0 - px)]
     return grow(mask, dilate)
+
+
+def as_xy(pads: Pads) -> Pads:
+    """Pads as (x, y) pairs, one row per instance."""
+    return np.stack([pads, pads], axis=1) if pads.ndim == 1 else pads
 
 
 HEAD_WIDTH = 0.6  # of the person's box, centred: where a head above it can be
@@ -119,24 +125,27 @@ def _with_heads(det: Detections, head: float, pads: Pads) -> tuple[Detections, P
         masks,
         det.frame_size,
     )
-    return heads, np.concatenate([pads, np.array(extra_pads, np.int32)])
+    return heads, np.concatenate([pads, np.array(extra_pads, np.int32).reshape(-1, 2)])
 
 
-def grow(mask: Mask, pixels: int) -> Mask:
-    """Dilate by `pixels` in every direction, working only around the set area.
+def grow(mask: Mask, pixels: int, up_down: int | None = None) -> Mask:
+    """Dilate by `pixels` across and `up_down` (default: the same) up and down, working only
+    around the set area.
 
-    A square kernel covers everything a round one would (and the corners) and
-    is separable, so it costs the same at any radius: ~1 ms at 720p.
+    A rectangular kernel covers everything an elliptical one would (and the corners)
+    and is separable, so it costs the same at any radius: ~1 ms at 720p.
     """
-    if pixels <= 0:
+    px = max(0, pixels)
+    py = px if up_down is None else max(0, up_down)
+    if px == 0 and py == 0:
         return mask
     x, y, w, h = cv2.boundingRect(mask)
     if w == 0:
         return mask
     H, W = mask.shape
-    x0, y0 = max(0, x - pixels), max(0, y - pixels)
-    x1, y1 = min(W, x + w + pixels), min(H, y + h + pixels)
-    kernel = cv2.getStructuringElement(cv2.MORPH_RECT, (2 * pixels + 1, 2 * pixels + 1))
+    x0, y0 = max(0, x - px), max(0, y - py)
+    x1, y1 = min(W, x + w + px), min(H, y + h + py)
+    kernel = cv2.getStructuringElement(cv2.MORPH_RECT, (2 * px + 1, 2 * py + 1))
     out = mask.copy()
     out[y0:y1, x0:x1] = cv2.dilate(mask[y0:y1, x0:x1], kernel)
     return out

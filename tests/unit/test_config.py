@@ -177,6 +177,11 @@ def test_set_overrides_the_file(tmp_path: Path) -> None:
         ("detector.confidence=1.5", "--set detector.confidence: Input should be less than or equal to 1"),
         ("detector.modle=yolox_nano", "--set detector.modle: unknown key"),
         ("protect.blur_kernel=8", "--set protect.blur_kernel: must be odd"),
+        (
+            "temporal.margin_xy=[1.3]",
+            "--set temporal.margin_xy: expected [across, up_down], two numbers such as [1.3, 0.8], not [1.3]",
+        ),
+        ("temporal.margin_xy=[1.3,-1]", "--set temporal.margin_xy.1: Input should be greater than or equal to 0"),
         ("=3", "--set =3: expected KEY=VALUE with a dotted key"),
         ("detector..model=x", "--set detector..model=x: expected KEY=VALUE with a dotted key"),
     ],

@@ -100,6 +100,31 @@ def test_each_instance_grows_by_its_own_pad() -> None:
     assert (mask_m == mask).all(), "a full mask grows exactly like its box"
 
 
+def test_a_pad_can_differ_across_and_up_and_down() -> None:
+    """(x, y) pads: a carried walker's margin is wider than it is tall; boxes, masks and the head strip alike."""
+    w, h = 200, 160
+    det = Detections(
+        np.array([[20, 40, 40, 100], [120, 40, 140, 100]], np.int32),
+        np.ones(2, np.float32),
+        ("person", "car"),
+        None,
+        (w, h),
+    )
+    pads = np.array([[6, 2], [3, 9]], np.int32)
+    mask = rasterize(det, w, h, shape="box", dilate=1, pad=pads)
+    assert reach_of(mask[:, :100]) == (13, 37, 47, 103)
+    assert reach_of(mask[:, 100:], dx=100) == (116, 30, 144, 110)
+    masks = (np.ones((60, 20), np.bool_), np.ones((60, 20), np.bool_))
+    mask_m = rasterize(
+        Detections(det.boxes, det.scores, det.classes, masks, (w, h)), w, h, shape="mask", dilate=1, pad=pads
+    )
+    assert (mask_m == mask).all(), "a full mask grows exactly like its box"
+    # The head strip above a person (12 px, its middle 60%) grows by the person's own (x, y) pad.
+    headed = rasterize(det, w, h, shape="box", dilate=0, pad=pads, head=0.2)
+    assert reach_of(headed[:38, :100]) == (18, 26, 42, 38)
+    assert (grow(mask, 2, 0)[37:103] > 0).sum() > (grow(mask, 0, 2)[37:103] > 0).sum()
+
+
 def test_a_head_strip_above_every_person_only() -> None:
     w, h = 200, 200
     det = Detections(
