@@ -29,6 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from edgeguard.daemon.watcher import Seen
 from edgeguard.durable import candidate_names
 from edgeguard.errors import Cancelled
 
@@ -62,6 +63,7 @@ class Refused(Exception):
         super().__init__(reason)
         self.reason = reason
         self.retry = retry
+        self.seen: Seen | None = None  # the file as it was refused (set by the claim)
 
 
 class Changed(Exception):

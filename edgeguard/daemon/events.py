@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from edgeguard.daemon.watcher import Seen
+
 
 @dataclass(frozen=True)
 class Ready:
@@ -73,7 +75,7 @@ class Verdict:
     reason: str | None  # to log once (None: the worker logged it)
     retry: bool  # still being written: settle it again; else hold it until it changes (or `until`)
     until: float | None = None
-    seen: tuple[int, int] | None = None  # (size, mtime_ns) of what was judged: hold only if still so
+    seen: Seen | None = None  # the file as it was judged: held only if it is still that
 
 
 Event = Ready | StartFailed | Started | Progress | Finished | Verdict

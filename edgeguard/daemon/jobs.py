@@ -37,6 +37,7 @@ from edgeguard.daemon.claim import (
 )
 from edgeguard.daemon.events import FileReport
 from edgeguard.daemon.folders import Folders
+from edgeguard.daemon.watcher import Seen
 from edgeguard.durable import fsync_dir, move_noclobber, sweep_copies, write_file
 from edgeguard.engine import EngineLike, Result
 from edgeguard.errors import Cancelled, EdgeguardError, FileError, InputError, SetupError
@@ -53,12 +54,12 @@ RELEASE_MARK = ".release"
 class Withdrawn(Exception):
     """A job given back to the incoming folder; `until` is when to look at it again if it stays unchanged."""
 
-    def __init__(self, name: str, reason: str, until: float | None, seen: tuple[int, int] | None = None) -> None:
+    def __init__(self, name: str, reason: str, until: float | None, seen: Seen | None = None) -> None:
         super().__init__(reason)
-        self.name = name
+        self.name = name  # where in incoming it is now
         self.reason = reason
         self.until = until
-        self.seen = seen  # (size, mtime_ns) of what was judged
+        self.seen = seen  # the file as it was claimed (and judged)
 
 
 class Stopped(Exception):
@@ -111,6 +112,19 @@ class Jobs:
 
     def claim(self, name: str) -> int:
         """Take a settled file from incoming by hard-linking it into work; Refused if it may not be taken now."""
+        try:
+            # Before anything is tried: a fix that lands while it is refused (a chmod, the
+            # whole file renamed over it) must not become what the hold waits to change.
+            before = Seen.of(os.stat(name, dir_fd=self.incoming_fd, follow_symlinks=False))
+        except OSError:
+            before = None  # open_regular says why
+        try:
+            return self._claim(name)
+        except Refused as exc:
+            exc.seen = before
+            raise
+
+    def _claim(self, name: str) -> int:
         fd, st = open_regular(name, self.incoming_fd)
         try:
             if being_written(fd, st):
@@ -276,11 +290,12 @@ class Jobs:
             here = os.stat(job.name, dir_fd=self.incoming_fd, follow_symlinks=False)
         except FileNotFoundError:
             here = None
+        back = Path(job.name)
         if here is not None and snapshot.same_file(here):
             work.unlink(missing_ok=True)  # the name in incoming still holds it
         elif work.exists():
             # Recorded first: after a crash mid-move, recovery finds it there (perhaps as NAME-1).
-            move_noclobber(
+            back = move_noclobber(
                 work,
                 self.folders.incoming,
                 job.name,
@@ -289,7 +304,7 @@ class Jobs:
         fsync_dir(self.folders.work)
         self.ledger.update(job.id, state=L.WITHDRAWN, reason=reason, attempts=job.attempts)
         log.warning("%s: %s", job.name, reason, extra=_fields(job.name, job.id, "withdrawn"))
-        return Withdrawn(job.name, reason, until, (snapshot.size, snapshot.mtime_ns))
+        return Withdrawn(back.name, reason, until, Seen(snapshot.ino, snapshot.size, snapshot.mtime_ns))
 
     def _protect(
         self, work: Path, name: str, cancel: threading.Event, progress: Callable[[float], None]

@@ -37,6 +37,27 @@ log = logging.getLogger(__name__)
 MAX_NAME_BYTES = 200
 
 
+@dataclass(frozen=True)
+class Seen:
+    """A file as the worker judged it: `hold` holds only that file, unchanged since.
+
+    `ctime_ns` None: not compared (the daemon's own link and unlink move it).
+    """
+
+    ino: int
+    size: int
+    mtime_ns: int
+    ctime_ns: int | None = None
+
+    @classmethod
+    def of(cls, st: os.stat_result, *, ctime: bool = True) -> Seen:
+        return cls(st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns if ctime else None)
+
+    def still(self, st: os.stat_result) -> bool:
+        same = (self.ino, self.size, self.mtime_ns) == (st.st_ino, st.st_size, st.st_mtime_ns)
+        return same and (self.ctime_ns is None or self.ctime_ns == st.st_ctime_ns)
+
+
 @dataclass
 class _Entry:
     size: int
@@ -134,23 +155,23 @@ class Arrivals:
     def forget(self, path: Path) -> None:
         self._entries.pop(path.name, None)
 
-    def hold(
-        self, name: str, reason: str | None, until: float | None = None, seen: tuple[int, int] | None = None
-    ) -> None:
+    def hold(self, name: str, reason: str | None, until: float | None = None, seen: Seen | None = None) -> None:
         """Do not offer `name` again until it changes, or until wall-clock time `until`; logs `reason` once.
 
-        `seen` is the (size, mtime_ns) the daemon judged: a writer that came back since then
-        has already changed the file, and holding what it is now would wait out `until` for
-        a change that is over.
+        `seen` is the file the worker judged: if a writer came back (or the file was replaced)
+        since then, the change the hold would wait for is over, and the file settles again.
         """
         try:
             st = os.lstat(self.folder / name)
         except OSError:
             self._entries.pop(name, None)
             return
-        if seen is not None and seen != (st.st_size, st.st_mtime_ns):
-            log.info("%s: changed while it was looked at; taken again once it settles", self.folder / name)
-            self._entries[name] = _Entry(st.st_size, st.st_mtime_ns, self.clock(), ctime_ns=st.st_ctime_ns)
+        if seen is not None and not seen.still(st):
+            log.info("%s: changed while it was judged; taken again once it settles", self.folder / name)
+            old = self._entries.get(name)
+            entry = _Entry(st.st_size, st.st_mtime_ns, self.clock(), ctime_ns=st.st_ctime_ns)
+            entry.open_writers = old.open_writers if old is not None else 0
+            self._entries[name] = entry
             return
         # As it is now: giving a claim back unlinks a name, which moves ctime.
         entry = _Entry(st.st_size, st.st_mtime_ns, self.clock(), ctime_ns=st.st_ctime_ns, held=True, held_until=until)

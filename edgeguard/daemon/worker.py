@@ -132,7 +132,7 @@ class Worker(threading.Thread):
             try:
                 job_id = self.jobs.claim(path.name)
             except Refused as exc:
-                self.events.put(E.Verdict(path.name, exc.reason, exc.retry))
+                self.events.put(E.Verdict(path.name, exc.reason, exc.retry, seen=exc.seen))
                 return path.name, "refused", 0.0, None
         job = self.ledger.get(job_id)
         assert job is not None

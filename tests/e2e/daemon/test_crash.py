@@ -32,7 +32,7 @@ from edgeguard.config import Config, PathsConfig
 from edgeguard.daemon import jobs as jobs_module
 from edgeguard.daemon import vault
 from edgeguard.daemon.folders import prepare
-from edgeguard.daemon.jobs import Jobs
+from edgeguard.daemon.jobs import Jobs, Withdrawn
 from edgeguard.daemon.ledger import ACTIVE, Ledger
 from edgeguard.daemon.service import sink_for
 from edgeguard.engine import Engine
@@ -437,6 +437,24 @@ def test_a_job_given_back_under_another_name_is_found_after_a_crash(
     again.ledger.close()
     assert job is not None and job.state == "withdrawn", job
     assert job.final_path == str(f.incoming / "a-1.jpg")
+
+
+def test_a_job_given_back_under_another_name_is_held_under_that_name(tmp_path: Path, engine: Engine) -> None:
+    """The verdict names where the file went back (NAME-1) and which file it is, so the hold
+    never lands on the new upload that took NAME."""
+    jobs = _jobs(tmp_path, engine)
+    f = jobs.folders
+    (f.incoming / "a.jpg").write_bytes(media("city.jpg").read_bytes())
+    job_id = jobs.claim("a.jpg")
+    os.rename(f.incoming / "a.jpg", tmp_path / "aside.jpg")
+    (f.incoming / "a.jpg").write_bytes(b"another upload")
+    with (tmp_path / "aside.jpg").open("ab") as w:
+        w.write(b"late bytes")
+    with pytest.raises(Withdrawn) as given:
+        jobs.run(job_id, threading.Event(), lambda _: None)
+    jobs.ledger.close()
+    assert given.value.name == "a-1.jpg"
+    assert given.value.seen is not None and given.value.seen.ino == (f.incoming / "a-1.jpg").stat().st_ino
 
 
 # ------------------------------------------------------------------ crashes while sealing, in-process

@@ -14,9 +14,11 @@ from edgeguard.config import Config
 from edgeguard.daemon import events as E
 from edgeguard.daemon.folders import prepare
 from edgeguard.daemon.service import sink_for
+from edgeguard.daemon.watcher import Seen
 from edgeguard.daemon.worker import Setup, Worker
 from edgeguard.engine import Engine
 from tests.conftest import media
+from tests.e2e.daemon.conftest import faststart, make_clip
 
 FOLDERS = ("incoming", "output", "quarantine", "failed", "processed", "work", "state")
 
@@ -76,4 +78,22 @@ def test_a_file_that_may_not_be_taken_gives_a_verdict_not_a_job(
     w.tasks.put(w.setup.folders.incoming / "pipe.mp4")
     verdict, finished = until_finished(events)
     assert isinstance(verdict, E.Verdict) and verdict.name == "pipe.mp4" and not verdict.retry
+    assert verdict.seen == Seen.of(os.lstat(w.setup.folders.incoming / "pipe.mp4")), "what was refused"
     assert finished == E.Finished("pipe.mp4", "refused", queued=0)
+
+
+def test_a_file_cut_short_is_given_back_with_what_was_judged(
+    worker: tuple[Worker, queue.SimpleQueue[E.Event]], tmp_path: Path
+) -> None:
+    """Its verdict carries the file as claimed, so the hold can tell an append made while it was judged."""
+    w, events = worker
+    assert isinstance(events.get(timeout=60), E.Ready)
+    whole = faststart(make_clip(media("vtest.avi"), tmp_path / "c.mp4", 0, 20), tmp_path / "f.mp4").read_bytes()
+    cut = w.setup.folders.incoming / "cut.mp4"
+    cut.write_bytes(whole[: len(whole) * 6 // 10])
+    w.tasks.put(cut)
+    seen = until_finished(events)
+    (verdict,) = [e for e in seen if isinstance(e, E.Verdict)]
+    assert verdict.name == "cut.mp4" and not verdict.retry and verdict.until is not None, verdict
+    assert verdict.seen is not None and verdict.seen.still(cut.stat()), "not the file as it was claimed"
+    assert seen[-1] == E.Finished("cut.mp4", "withdrawn", queued=0)

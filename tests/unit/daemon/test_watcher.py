@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from edgeguard.config import WatchConfig
-from edgeguard.daemon.watcher import MAX_NAME_BYTES, Arrivals
+from edgeguard.daemon.watcher import MAX_NAME_BYTES, Arrivals, Seen
 
 SETTLE = 2.0
 RESCAN = 30.0
@@ -261,13 +261,34 @@ def test_a_file_changed_while_it_was_judged_is_not_held(tmp_path: Path, clock: C
     w = arrivals(tmp_path, clock)
     at(w, clock, 0.0)
     assert at(w, clock, SETTLE) == ["a.mp4"]
-    judged = a.stat()
+    judged = Seen.of(a.stat(), ctime=False)
     with a.open("ab") as f:  # the writer's next chunk lands before the verdict reaches arrivals
         f.write(b"y" * 10)
-    w.hold("a.mp4", "cut short", until=time.time() + 300, seen=(judged.st_size, judged.st_mtime_ns))
+    w.hold("a.mp4", "cut short", until=time.time() + 300, seen=judged)
     assert at(w, clock, SETTLE + 1) == [], "not before it settles"
     assert at(w, clock, SETTLE * 2 + 1) == ["a.mp4"], "held for a change that had already come"
     # Unchanged since it was judged: held as before.
-    now = a.stat()
-    w.hold("a.mp4", "cut short", until=time.time() + 300, seen=(now.st_size, now.st_mtime_ns))
+    w.hold("a.mp4", "cut short", until=time.time() + 300, seen=Seen.of(a.stat(), ctime=False))
     assert at(w, clock, SETTLE * 3 + 1) == []
+
+
+def test_a_file_replaced_or_fixed_while_it_was_refused_is_not_held(tmp_path: Path, clock: Clock) -> None:
+    """The same bytes and mtime under the name, but another file (an upload renamed over it), or
+    the same file with its permissions fixed (only ctime moves): neither is what was refused."""
+    a = tmp_path / "a.mp4"
+    a.write_bytes(b"x" * 10)
+    w = arrivals(tmp_path, clock)
+    at(w, clock, 0.0)
+    refused = Seen.of(a.stat())
+    again = tmp_path / "a.mp4.upload"
+    again.write_bytes(b"x" * 10)
+    os.utime(again, ns=(refused.mtime_ns, refused.mtime_ns))
+    os.rename(again, a)
+    w.hold("a.mp4", "cannot open: Permission denied", seen=refused)
+    assert at(w, clock, SETTLE * 2) == ["a.mp4"], "another file held for the one refused"
+    refused = Seen.of(a.stat())
+    a.chmod(0o604)
+    w.hold("a.mp4", "cannot open: Permission denied", seen=refused)
+    assert at(w, clock, SETTLE * 4) == ["a.mp4"], "held although its permissions were fixed meanwhile"
+    w.hold("a.mp4", "cannot open: Permission denied", seen=Seen.of(a.stat()))
+    assert at(w, clock, SETTLE * 6) == [], "unchanged since refused: held"
