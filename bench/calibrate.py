@@ -5,7 +5,8 @@ finds on that frame at detector.confidence is paired with the placed instance it
 overlaps most, and the margin that placement would need to contain it is recorded
 with what the planner knew about that placement (seen at both keyframes or one,
 frames to the keyframe, how far its flow missed the second keyframe, how much its
-box changed, frames of lost flow). `temporal.margin*` are sized from these tables.
+box changed, frames of lost flow), and per clip the margin needed across, above and
+below apart. `temporal.margin*` are sized from these tables.
 
     python -m bench.calibrate [--clips ...] [--frames 96] [--set KEY=VALUE ...]
 """
@@ -30,7 +31,7 @@ from edgeguard.engine import keyframe_looker
 from edgeguard.masks import rasterize
 from edgeguard.temporal import Planner
 
-FIELDS = ("need", "height", "both", "frames", "span", "drift", "resize", "unsure")
+FIELDS = ("need", "height", "both", "frames", "span", "drift", "resize", "unsure", "across", "up", "down")
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -61,8 +62,10 @@ def measure(clip: Path, sets: list[str]) -> np.ndarray:
                 p = placed[best]
                 if iou(f[None], p.box[None])[0, 0] < 0.3:
                     continue
-                need = max(p.box[0] - f[0], p.box[1] - f[1], f[2] - p.box[2], f[3] - p.box[3], 0.0)
-                rows.append((need, p.height, p.both, p.frames, p.span, p.drift, p.resize, p.unsure))
+                across = max(p.box[0] - f[0], f[2] - p.box[2], 0.0)
+                up, down = max(p.box[1] - f[1], 0.0), max(f[3] - p.box[3], 0.0)
+                need = max(across, up, down)
+                rows.append((need, p.height, p.both, p.frames, p.span, p.drift, p.resize, p.unsure, across, up, down))
 
     planner: Planner[int] = Planner(
         cfg.temporal,
@@ -73,6 +76,17 @@ def measure(clip: Path, sets: list[str]) -> np.ndarray:
     for _ in planner.run(iter(enumerate(frames))):
         pass
     return np.array(rows, np.float64).reshape(-1, len(FIELDS))
+
+
+def sides(rows: np.ndarray, clip: str) -> None:
+    """The margin needed across (left or right) and up or down, apart (temporal.margin_xy)."""
+    if len(rows) < 5:
+        print(f"  {clip}: n={len(rows)}")
+        return
+    across = rows[:, FIELDS.index("across")] / rows[:, 1]
+    up_down = np.maximum(rows[:, FIELDS.index("up")], rows[:, FIELDS.index("down")]) / rows[:, 1]
+    q = [np.quantile(v, [0.9, 0.95]) for v in (across, up_down)]
+    print(f"  {clip}: across {q[0][0]:.3f} {q[0][1]:.3f}, up or down {q[1][0]:.3f} {q[1][1]:.3f}  n={len(rows)}")
 
 
 def table(title: str, rows: np.ndarray, by: np.ndarray, edges: list[float]) -> None:
@@ -95,7 +109,11 @@ def main(argv: list[str] | None = None) -> int:
     _, models_dir, cut = prepare(args.cache, args.clips, args.frames)
     os.environ["EDGEGUARD_MODELS_DIR"] = str(models_dir)
     zero = ["temporal.margin=0", "temporal.margin_scale=0"]
-    rows = np.concatenate([measure(src, [*zero, *args.sets]) for src in cut.values()])
+    per_clip = {name: measure(src, [*zero, *args.sets]) for name, src in cut.items()}
+    print("margin needed / height, across and up or down (p90 p95; both keyframes and one):")
+    for name, clip_rows in per_clip.items():
+        sides(clip_rows, name)
+    rows = np.concatenate(list(per_clip.values()))
     both, single = rows[rows[:, 2] == 1], rows[rows[:, 2] == 0]
     print(f"{len(rows)} boxes on carried frames: {len(both)} on instances seen at both keyframes, {len(single)} at one")
     table("both, by drift / height", both, both[:, 5] / both[:, 1], [0, 0.02, 0.05, 0.1, 0.2, 0.5, 10])

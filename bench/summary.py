@@ -124,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         "kf-0.3",
         "margins-x0.5",
         "margins-x2",
+        "margins-square",
         "every-frame",
         "fast-unsafe",
     ]

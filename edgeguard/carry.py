@@ -54,11 +54,11 @@ class Margins:
     - 1% of the height more per frame the instance's flow was lost.
 
     `scale` (temporal.margin_scale) multiplies all of it, and `xy` (temporal.margin_xy)
-    the margin across and up and down. Per side, the 90th percentile needed across was
-    about 1.5x that needed up or down on the clips of handheld cameras and vtest, since a
-    walker's box swings wider with each stride; each pixel across also costs the whole
-    height, one up or down only the width. (1.3, 0.8) lifted the worst-covered frame of
-    vtest, dos and ecuador by about a point for 0.01-0.02 more overreach (`make bench`).
+    the margin across and up and down (the motion check's `single` is the same all round:
+    there `motion_slack` dominates). The margin needed across is larger than that needed
+    up or down on vtest, dos and ecuador, since a walker's box swings wider with each
+    stride (`bench.calibrate` prints both); (1.3, 0.8) lifted the worst-covered frame of
+    those clips by about a point for 0.01-0.02 more overreach (`make bench`).
     `px` (temporal.margin) is added to every margin.
     """
 
@@ -205,7 +205,7 @@ def placed_detections(placed: list[Placement], pad: Pads, w: int, h: int) -> tup
     """
     n = len(placed)
     if n == 0:
-        return Detections.empty((w, h)), pad
+        return Detections.empty((w, h)), as_xy(pad)
     pad = as_xy(pad).copy()
     xyxy = np.stack([p.box for p in placed])
     # How far outside the frame across and up and down (> 0 on either: wholly outside).

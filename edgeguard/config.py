@@ -123,7 +123,7 @@ class TemporalConfig(Section):
     # leaves more of them uncovered (measure with `make bench`).
     margin_scale: Annotated[float, Field(ge=0, le=10)] = 1.0
     # Multiplies the measured margins across (x) and up and down (y): a walker's box swings
-    # wider with each stride more than it grows taller (`python -m bench.calibrate`).
+    # wider with each stride than it grows taller (`python -m bench.calibrate`).
     margin_xy: tuple[Annotated[float, Field(ge=0, le=10)], Annotated[float, Field(ge=0, le=10)]] = (1.3, 0.8)
     # Share of an instance's height around it where the motion check also expects change
     # (shadows, swinging bags); what it hides is not widened by this.
