@@ -55,10 +55,12 @@ class Margins:
 
     `scale` (temporal.margin_scale) multiplies all of it, and `xy` (temporal.margin_xy)
     the margin across and up and down (the motion check's `single` is the same all round:
-    there `motion_slack` dominates). The margin needed across is larger than that needed
-    up or down on vtest, dos and ecuador, since a walker's box swings wider with each
-    stride (`bench.calibrate` prints both); (1.3, 0.8) lifted the worst-covered frame of
-    those clips by about a point for 0.01-0.02 more overreach (`make bench`).
+    there `motion_slack` dominates). At the 90th percentile the margin needed across is
+    1.3-2.5x that needed up or down on vtest, dos and ecuador, where a walker's box swings
+    wider with each stride; on pedestrians and example_02 it is the other way round
+    (`bench.calibrate` prints both). (1.3, 0.8) lifted the worst-covered frame of vtest,
+    dos and ecuador by about a point and moved the others' by 0.1, for 0.01-0.02 more
+    overreach on every clip (`make bench`).
     `px` (temporal.margin) is added to every margin.
     """
 
