@@ -1,9 +1,7 @@
 """YAML as edgeguard reads it: safe, and a key given twice in one mapping is an error.
 
 PyYAML keeps the last of two equal keys without a word, so a config with
-`detector:` twice would silently drop the first section. An integer written in
-decimal stays marked as such (`Decimal`), so that a mode missing its leading 0
-(`files: 440`, read as 0o670) can be refused rather than applied.
+`detector:` twice would silently drop the first section.
 """
 
 from __future__ import annotations
@@ -19,16 +17,6 @@ class DuplicateKeyError(yaml.constructor.ConstructorError):
 
 class UniqueKeyLoader(yaml.SafeLoader):
     """SafeLoader that refuses duplicate keys."""
-
-
-class Decimal(int):
-    """An integer written in decimal digits without a leading 0 (0640 is YAML's octal)."""
-
-
-def _construct_int(loader: UniqueKeyLoader, node: yaml.ScalarNode) -> int:
-    value: int = loader.construct_yaml_int(node)
-    digits = str(node.value).replace("_", "").lstrip("+-")
-    return Decimal(value) if digits.isdigit() and not digits.startswith("0") else value
 
 
 def _construct_mapping(loader: UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
@@ -48,7 +36,6 @@ def _construct_mapping(loader: UniqueKeyLoader, node: yaml.MappingNode, deep: bo
 
 
 UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
-UniqueKeyLoader.add_constructor("tag:yaml.org,2002:int", _construct_int)
 
 
 def load(text: str) -> Any:
