@@ -66,7 +66,7 @@ class Margins:
 
     px: float
     scale: float = 1.0
-    xy: tuple[float, float] = (1.3, 0.8)
+    xy: tuple[float, float] = (1.0, 1.0)  # the shipped shape is temporal.margin_xy's default
     motion_slack: float = 0.25  # share of the height the motion check also allows (shadows, swinging bags)
 
     BOTH = 0.005
