@@ -89,6 +89,29 @@ def sides(rows: np.ndarray, clip: str) -> None:
     print(f"  {clip}: across {q[0][0]:.3f} {q[0][1]:.3f}, up or down {q[1][0]:.3f} {q[1][1]:.3f}  n={len(rows)}")
 
 
+def predictors(rows: np.ndarray) -> None:
+    """How well what the planner knows of an instance seen at both keyframes predicts the margin it needs.
+
+    Were any of these strongly correlated, margins could follow it and be small elsewhere.
+    """
+    both = rows[rows[:, 2] == 1]
+    if len(both) < 5:
+        return
+    h = both[:, 1]
+    need = both[:, 0] / h
+    print("both: correlation of margin needed / height with what is known of the instance:")
+    for name, v in (
+        ("frames to a keyframe", both[:, 3]),
+        ("drift / height", both[:, 5] / h),
+        ("resize / height", both[:, 6] / h),
+        ("(drift + resize) / height", (both[:, 5] + both[:, 6]) / h),
+        ("unsure frames", both[:, 7]),
+        ("height", h),
+    ):
+        r = np.corrcoef(v, need)[0, 1] if np.ptp(v) > 0 else 0.0
+        print(f"  {name}: {r:.2f}")
+
+
 def table(title: str, rows: np.ndarray, by: np.ndarray, edges: list[float]) -> None:
     print(f"{title}: margin needed / height (p50 p90 p95 p99), n")
     for lo, hi in itertools.pairwise(edges):
@@ -116,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = np.concatenate(list(per_clip.values()))
     both, single = rows[rows[:, 2] == 1], rows[rows[:, 2] == 0]
     print(f"{len(rows)} boxes on carried frames: {len(both)} on instances seen at both keyframes, {len(single)} at one")
+    predictors(rows)
     table("both, by drift / height", both, both[:, 5] / both[:, 1], [0, 0.02, 0.05, 0.1, 0.2, 0.5, 10])
     table("both, by resize / height", both, both[:, 6] / both[:, 1], [0, 0.02, 0.05, 0.1, 0.2, 0.5, 10])
     table("both, by frames to a keyframe", both, both[:, 3], [1, 2, 3, 5, 9, 100])
