@@ -212,8 +212,12 @@ def test_without_the_cluster_only_pauses_and_resumes_when_it_returns(
     d.wait_field("STATUS", "paused: cluster unavailable", since=mark, timeout=60)
     time.sleep(3)  # several retries (pause_seconds 1) while it is away
     assert regular_files(d.output) == []
-    [job] = d.jobs()
-    assert job["state"] == "queued" and job["attempts"] == 0  # waiting is not a failed attempt
+    # Each retry counts an attempt while it runs (as any run does, in case it crashes) and gives
+    # it back when the cluster is found away: between retries the job waits with none counted.
+    [job] = wait_until(
+        lambda: [j for j in d.jobs() if j["state"] == "queued"], 10, lambda: f"the job between retries: {d.jobs()}"
+    )
+    assert job["attempts"] == 0  # waiting is not a failed attempt
     assert regular_files(d.failed) == []
 
     ray_cluster.start()
