@@ -1,6 +1,6 @@
 """Margin rules replayed: is there one that meets both aims on every clip?
 
-The default planner (yolox_nano) runs once per clip, and every carried frame's placed
+The default planner (yolox_nano, boxes) runs once per clip, and every carried frame's placed
 instances are kept, with the every-frame loop's hidden area and each keyframe's own.
 Any margin rule (`carry.Margins` with other constants) is then rasterized onto those
 placements in seconds instead of a bench run, and scored as `make bench` scores a
@@ -102,7 +102,13 @@ def rules(cfg: Config) -> dict[str, Margins]:
         (0.005, 0.015, 0.025), (0.0, 0.0025), (0.0, 0.1), (1.0, 2.0), ((1.3, 0.5), (1.3, 0.8), (2.0, 0.5), (2.0, 0.8))
     )
     for both, growth, evidence, one, xy in grid:
-        constants = {"BOTH": both, "BOTH_GROWTH": growth, "EVIDENCE": evidence, "ONE": one * Margins.ONE}
+        constants = {
+            "BOTH": both,
+            "BOTH_GROWTH": growth,
+            "EVIDENCE": evidence,
+            "ONE": one * Margins.ONE,
+            "ONE_GROWTH": one * Margins.ONE_GROWTH,
+        }
         kind = type("Rule", (Margins,), constants)
         name = f"both {both:g}+{growth:g}/frame, evidence {evidence:g}, singles x{one:g}, xy {xy[0]:g},{xy[1]:g}"
         out[name] = kind(t.margin, t.margin_scale, xy, t.motion_slack)
