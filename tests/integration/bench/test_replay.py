@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from bench.privacy import unpack
-from bench.replay import record, score
+from bench.replay import hidden_at, record, score
 from bench.run import decode, trim
 from edgeguard.carry import Margins
 from edgeguard.config import load_config
@@ -21,7 +21,7 @@ from tests.conftest import media
 
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The first 40 frames of vtest: walkers at three keyframes (interval 16)."""
+    """The first 40 frames of vtest: walkers, carried between a few keyframes (interval 16)."""
     out = tmp_path_factory.mktemp("replay") / "vtest-40.mp4"
     trim(media("vtest.avi"), out, 40)
     return out
@@ -40,6 +40,9 @@ def test_the_default_rule_scores_what_the_planner_hid(yolox_env: Path, clip: Pat
         lambda d, w, h, pad: rasterize(d, w, h, shape="box", dilate=c.dilate, pad=pad, head=c.head_margin),
     )
     hidden = {p.item: p.mask > 0 for p in planner.run(iter(enumerate(decode(clip))))}
+    default = Margins.of(cfg.temporal)
+    for i in range(len(rec.refs)):
+        assert np.array_equal(hidden_at(rec, i, default, cfg), hidden[i]), f"frame {i}"
     ref_px = hidden_px = 0
     worst = 1.0
     for i, bits in enumerate(rec.refs):
@@ -49,13 +52,14 @@ def test_the_default_rule_scores_what_the_planner_hid(yolox_env: Path, clip: Pat
         if ref.any():
             worst = min(worst, float((ref & hidden[i]).sum() / ref.sum()))
 
-    overreach, replayed_worst = score(rec, Margins.of(cfg.temporal), cfg)
+    overreach, replayed_worst = score(rec, default, cfg)
     assert overreach == pytest.approx(hidden_px / ref_px, abs=1e-12)
     assert replayed_worst == pytest.approx(worst, abs=1e-12)
 
     # Other rules move only the carried frames, in the direction they should.
     none = Margins(0.0, 0.0)
     wide = Margins(0.0, 3.0, cfg.temporal.margin_xy)
+    for i in rec.keyframes:
+        assert np.array_equal(hidden_at(rec, i, none, cfg), hidden[i])
     assert score(rec, none, cfg)[0] < overreach < score(rec, wide, cfg)[0]
     assert score(rec, wide, cfg)[1] >= replayed_worst >= score(rec, none, cfg)[1]
-    assert np.isfinite(overreach)
