@@ -45,6 +45,33 @@ def create_new(path: Path, mode: int) -> BinaryIO:
         raise
 
 
+class FlushingWriter:
+    """Writes to `file`, flushing what it wrote to disk every `every` bytes, then calling `alive`.
+
+    A large file written whole and fsynced once gathers gigabytes of dirty pages for that one
+    fsync, which on a slow disk takes longer than the watchdog allows with nothing to report.
+    Flushed as it goes, the last fsync is short and each flush is a sign of life.
+    """
+
+    def __init__(self, file: BinaryIO, every: int = 64 << 20, alive: Callable[[], None] | None = None) -> None:
+        self.file, self.every, self.alive = file, every, alive
+        self._unflushed = 0
+
+    def write(self, data: bytes) -> int:
+        n = self.file.write(data)
+        self._unflushed += n
+        if self._unflushed >= self.every:
+            self.file.flush()
+            os.fdatasync(self.file.fileno())
+            self._unflushed = 0
+            if self.alive is not None:
+                self.alive()
+        return n
+
+    def flush(self) -> None:
+        self.file.flush()
+
+
 def write_file(path: Path, data: bytes, mode: int) -> None:
     """Make `path` hold `data` with `mode`, atomically (a hidden temporary, flushed, renamed over it)."""
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")

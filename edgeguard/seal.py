@@ -23,7 +23,7 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Protocol
 
 import pyrage
 from pyrage import x25519
@@ -174,9 +174,17 @@ class Sealed:
         }
 
 
+class Sink(Protocol):
+    """Where sealed bytes go: a binary file, or a writer around one."""
+
+    def write(self, data: bytes, /) -> int: ...
+
+    def flush(self) -> None: ...
+
+
 def seal(
     src: BinaryIO,
-    dst: BinaryIO,
+    dst: Sink,
     recipients: Sequence[str],
     *,
     cancel: threading.Event | None = None,

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeguard import seal
-from edgeguard.durable import create_new, fsync_dir, move_noclobber
+from edgeguard.durable import FlushingWriter, create_new, fsync_dir, move_noclobber
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ class Vault:
         pending.unlink(missing_ok=True)  # an earlier attempt's, cut short
         try:
             with plaintext.open("rb") as src, create_new(pending, self.mode) as dst:
-                sealed = seal.seal(src, dst, self.recipients, cancel=cancel, alive=alive)
+                sealed = seal.seal(src, FlushingWriter(dst, alive=alive), self.recipients, cancel=cancel, alive=alive)
                 dst.flush()
                 os.fsync(dst.fileno())
             record.unlink(missing_ok=True)

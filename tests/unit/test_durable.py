@@ -348,3 +348,23 @@ def test_move_across_filesystems_makes_the_copy_with_the_mode(src: Path, other_f
 def test_move_across_filesystems_without_a_mode_copies_the_file_s_own(src: Path, other_fs: Path, umask: int) -> None:
     src.chmod(0o644)
     assert mode_of(move_noclobber(src, other_fs, NAME)) == 0o644
+
+
+def test_a_flushing_writer_puts_what_it_wrote_on_disk_as_it_goes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A large file sealed in one go used to meet a single fsync of all of it at the end: seconds
+    # on a slow disk, with no sign of life for the watchdog meanwhile.
+    synced: list[int] = []
+    real = os.fdatasync
+    monkeypatch.setattr(os, "fdatasync", lambda fd: (synced.append(fd), real(fd))[-1])
+    alive: list[int] = []
+    path = tmp_path / "big"
+    with path.open("wb", buffering=1 << 20) as f:
+        w = durable.FlushingWriter(f, every=256 << 10, alive=lambda: alive.append(path.stat().st_size))
+        for _ in range(10):
+            assert w.write(b"x" * (100 << 10)) == 100 << 10
+    # Past 256 KiB, 512 KiB and 768 KiB (300, 600 and 900 KiB written): flushed and synced there.
+    assert alive == [300 << 10, 600 << 10, 900 << 10]
+    assert len(synced) == 3
+    assert path.stat().st_size == 1000 << 10
