@@ -5,8 +5,9 @@ finds on that frame at detector.confidence is paired with the placed instance it
 overlaps most, and the margin that placement would need to contain it is recorded
 with what the planner knew about that placement (seen at both keyframes or one,
 frames to the keyframe, how far its flow missed the second keyframe, how much its
-box changed, frames of lost flow), and per clip the margin needed across, above and
-below apart. `temporal.margin*` are sized from these tables.
+box changed, frames of lost flow, and how far the detector's own boxes for it moved when
+the nearer keyframe was looked at again mirrored or shifted), and per clip the margin
+needed across, above and below apart. `temporal.margin*` are sized from these tables.
 
     python -m bench.calibrate [--clips ...] [--frames 96] [--set KEY=VALUE ...]
 """
@@ -19,19 +20,36 @@ import os
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from bench.paths import CLIPS
 from bench.run import decode, prepare
-from edgeguard.carry import Interval
+from edgeguard.carry import Interval, Placement
 from edgeguard.config import load_config
+from edgeguard.detectors.base import Detector
 from edgeguard.detectors.factory import create_detector
 from edgeguard.engine import keyframe_looker
 from edgeguard.masks import rasterize
 from edgeguard.temporal import Planner
 
-FIELDS = ("need", "height", "both", "frames", "span", "drift", "resize", "unsure", "across", "up", "down")
+FIELDS = (
+    "need",
+    "height",
+    "both",
+    "frames",
+    "span",
+    "drift",
+    "resize",
+    "unsure",
+    "across",
+    "up",
+    "down",
+    "mirror",
+    "shift",
+)
+SHIFT = 13  # px: off the stride of yolox's grids (8, 16, 32), as a person a few frames on would be
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -43,14 +61,47 @@ def iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.asarray(inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9))
 
 
+def disagreement(boxes: np.ndarray, again: np.ndarray) -> np.ndarray:
+    """Per box: how far the best-overlapping box of `again` lies from it, edge by edge, in shares
+    of its height (1 where none overlaps it by an IoU of 0.3)."""
+    if len(again) == 0:
+        return np.ones(len(boxes))
+    o = iou(boxes, again)
+    d = np.abs(boxes - again[o.argmax(axis=1)]).max(axis=1) / np.maximum(1.0, boxes[:, 3] - boxes[:, 1])
+    return np.asarray(np.where(o.max(axis=1) < 0.3, 1.0, d))
+
+
+def looked_again(det: Detector[Any], frame: np.ndarray, confidence: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A keyframe's boxes, and each one's disagreement with the detector's own look at the frame
+    mirrored and at the frame shifted by SHIFT px: a measure of how sure the detector is of it."""
+    w = frame.shape[1]
+    boxes = det.detect(frame, confidence).boxes.astype(np.float64).reshape(-1, 4)
+    m = det.detect(np.ascontiguousarray(frame[:, ::-1]), confidence).boxes.astype(np.float64).reshape(-1, 4)
+    mirrored = np.stack([w - m[:, 2], m[:, 1], w - m[:, 0], m[:, 3]], axis=1)
+    shifted = det.detect(np.ascontiguousarray(frame[SHIFT:, SHIFT:]), confidence).boxes.astype(np.float64) + SHIFT
+    return boxes, disagreement(boxes, mirrored), disagreement(boxes, shifted.reshape(-1, 4))
+
+
 def measure(clip: Path, sets: list[str]) -> np.ndarray:
     """One row per (every-frame box, carried frame): FIELDS."""
     cfg = load_config(None, ["detector.model=yolox_nano", *sets])
     det = create_detector(cfg)
     frames = decode(clip)
     rows: list[tuple[float, ...]] = []
+    again: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+
+    def unsureness(p: Placement, near: int) -> tuple[float, float]:
+        """The detector's own disagreement, at the nearer keyframe, on the box nearest `p`."""
+        if near not in again:
+            again[near] = looked_again(det, frames[near], cfg.temporal.keyframe_confidence)
+        boxes, mirrored, shifted = again[near]
+        if len(boxes) == 0:
+            return 1.0, 1.0
+        j = int(iou(p.box[None], boxes)[0].argmax())
+        return float(mirrored[j]), float(shifted[j])
 
     def on_interval(interval: Interval, items: list[int]) -> None:
+        first = interval.a.index
         for k, item in enumerate(items, start=1):
             placed = interval.at(k)
             found = det.detect(frames[item]).boxes.astype(np.float64)
@@ -65,7 +116,12 @@ def measure(clip: Path, sets: list[str]) -> np.ndarray:
                 across = max(p.box[0] - f[0], f[2] - p.box[2], 0.0)
                 up, down = max(p.box[1] - f[1], 0.0), max(f[3] - p.box[3], 0.0)
                 need = max(across, up, down)
-                rows.append((need, p.height, p.both, p.frames, p.span, p.drift, p.resize, p.unsure, across, up, down))
+                near = (
+                    first if 2 * k <= interval.span or first + interval.span >= len(frames) else first + interval.span
+                )
+                mirrored, shifted = unsureness(p, near)
+                row = (need, p.height, p.both, p.frames, p.span, p.drift, p.resize, p.unsure, across, up, down)
+                rows.append((*row, mirrored, shifted))
 
     planner: Planner[int] = Planner(
         cfg.temporal,
@@ -107,6 +163,9 @@ def predictors(rows: np.ndarray) -> None:
         ("(drift + resize) / height", (both[:, 5] + both[:, 6]) / h),
         ("unsure frames", both[:, 7]),
         ("height", h),
+        ("the detector's own disagreement at the nearer keyframe, mirrored", both[:, 11]),
+        ("the same, shifted", both[:, 12]),
+        ("the larger of the two", np.maximum(both[:, 11], both[:, 12])),
     ):
         r = np.corrcoef(v, need)[0, 1] if np.ptp(v) > 0 else 0.0
         print(f"  {name}: {r:.2f}")
@@ -144,6 +203,8 @@ def main(argv: list[str] | None = None) -> int:
     table("both, by resize / height", both, both[:, 6] / both[:, 1], [0, 0.02, 0.05, 0.1, 0.2, 0.5, 10])
     table("both, by frames to a keyframe", both, both[:, 3], [1, 2, 3, 5, 9, 100])
     table("both, by unsure frames", both, both[:, 7], [0, 1, 3, 100])
+    unsure_of_it = np.maximum(both[:, 11], both[:, 12])
+    table("both, by the detector's own disagreement (the larger)", both, unsure_of_it, [0, 0.02, 0.05, 0.1, 0.2, 10])
     table("one keyframe, by frames from it", single, single[:, 3], [1, 2, 3, 5, 9, 17, 100])
     table("one keyframe, by unsure frames", single, single[:, 7], [0, 1, 3, 100])
     return 0

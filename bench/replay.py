@@ -170,6 +170,25 @@ def summarize(scored: dict[str, list[tuple[float, float]]], clips: list[str]) ->
     if within:
         best = max(within, key=low_worst)
         print(f"  the best worst frame among them: {100 * low_worst(best):.1f}% ({best})")
+    per_clip(scored, clips)
+
+
+def per_clip(scored: dict[str, list[tuple[float, float]]], clips: list[str]) -> None:
+    """Each clip with the rule chosen for it alone, in hindsight: were margins to adapt to the
+    scene, this is the most they could do with the grid's rules."""
+    most, least = AIMS
+    print("each clip with the grid's best rule for it alone:")
+    for i, clip in enumerate(clips):
+        scores = [s[i] for s in scored.values()]
+        reach = [o for o, wf in scores if wf >= least]
+        within = [wf for o, wf in scores if round(o, 2) <= most]
+        both = sum(round(o, 2) <= most and wf >= least for o, wf in scores)
+        at_least = f"{min(reach):.2f}" if reach else "none does"
+        best = f"{100 * max(within):.1f}%" if within else "none is"
+        print(
+            f"  {clip}: least overreach with the worst frame at {least:.0%} or more {at_least}; "
+            f"best worst frame within {most}: {best}; rules meeting both: {both}"
+        )
 
 
 if __name__ == "__main__":

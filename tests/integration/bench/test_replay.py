@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from bench.privacy import unpack
-from bench.replay import hidden_at, record, score
+from bench.replay import hidden_at, per_clip, record, score
 from bench.run import decode, trim
 from edgeguard.carry import Margins
 from edgeguard.config import load_config
@@ -63,3 +63,22 @@ def test_the_default_rule_scores_what_the_planner_hid(yolox_env: Path, clip: Pat
         assert np.array_equal(hidden_at(rec, i, none, cfg), hidden[i])
     assert score(rec, none, cfg)[0] < overreach < score(rec, wide, cfg)[0]
     assert score(rec, wide, cfg)[1] >= replayed_worst >= score(rec, none, cfg)[1]
+
+
+def test_each_clip_is_summarized_with_its_own_best_rule(capsys: pytest.CaptureFixture[str]) -> None:
+    # (overreach, worst frame) per clip: "a" is met by one rule, "b" by none, though each aim alone is.
+    scored = {
+        "default": [(1.40, 0.97), (1.45, 0.96)],
+        "wide": [(1.49, 0.985), (1.62, 0.99)],
+        "wider": [(1.70, 0.995), (1.80, 0.995)],
+    }
+    per_clip(scored, ["a", "b"])
+    a, b = capsys.readouterr().out.splitlines()[1:]
+    assert a == (
+        "  a: least overreach with the worst frame at 98% or more 1.49; best worst frame within 1.5: 98.5%; "
+        "rules meeting both: 1"
+    )
+    assert b == (
+        "  b: least overreach with the worst frame at 98% or more 1.62; best worst frame within 1.5: 96.0%; "
+        "rules meeting both: 0"
+    )
