@@ -136,6 +136,7 @@ def move_noclobber(
     before: Callable[[Path], None] | None = None,
     mode: int | None = None,
     suffix: str = "",
+    alive: Callable[[], None] | None = None,
 ) -> Path:
     """Move `src` into `folder` as `name` (or name-1, name-2, ...), never replacing a file.
 
@@ -144,7 +145,8 @@ def move_noclobber(
     `before(dst)` is called with the chosen name before anything moves, so the
     caller can record where the file is going (after a crash, `src` may be gone).
     `mode`: the mode the file gets where it lands (a copy is made with it). `suffix` follows
-    the numbered name (clip-1.mp4.age, not clip.mp4-1.age).
+    the numbered name (clip-1.mp4.age, not clip.mp4-1.age). `alive` is called as a copy
+    makes progress (a sign of life for the watchdog: a large copy takes seconds).
     A move a crash interrupted after the link (`src` still there, and already
     linked under a candidate name) is finished, not made a second time.
     """
@@ -175,7 +177,7 @@ def move_noclobber(
         except OSError as exc:
             if exc.errno not in (errno.EXDEV, errno.EPERM, errno.ENOTSUP, errno.EMLINK):
                 raise
-            if dst.exists() or not _copy_in(src, dst, stat.S_IMODE(src_st.st_mode) if mode is None else mode):
+            if dst.exists() or not _copy_in(src, dst, stat.S_IMODE(src_st.st_mode) if mode is None else mode, alive):
                 continue
         fsync_dir(folder)
         src.unlink()
@@ -184,12 +186,13 @@ def move_noclobber(
     raise OSError(errno.EEXIST, f"no free name for {name} in {folder}")
 
 
-def _copy_in(src: Path, dst: Path, mode: int) -> bool:
+def _copy_in(src: Path, dst: Path, mode: int, alive: Callable[[], None] | None = None) -> bool:
     """Copy `src` to `dst` on another filesystem, flushed first; False if `dst` was taken meanwhile."""
     # Unique: a leftover of a crash (still linked to an output) is never written through again.
     tmp = dst.with_name(f".{dst.name}.{uuid.uuid4().hex[:8]}{COPYING_MARK}")
     with src.open("rb") as source, create_new(tmp, mode) as copy:
-        shutil.copyfileobj(source, copy, 1 << 20)
+        # Flushed as it goes (see FlushingWriter): the fsync below is then short.
+        shutil.copyfileobj(source, FlushingWriter(copy, alive=alive), 1 << 20)
     fsync_file(tmp)
     try:
         return take_name(tmp, dst)

@@ -56,7 +56,9 @@ class Sink(ABC):
         """Why the output of an input of `size` bytes cannot be published now (full, read-only), or None."""
 
     @abstractmethod
-    def publish(self, staged: Path, name: str, before: Callable[[str], None]) -> str:
+    def publish(
+        self, staged: Path, name: str, before: Callable[[str], None], alive: Callable[[], None] | None = None
+    ) -> str:
         """Publish the finished file `staged` as `name` (never over another output); return its address.
 
         `before(address)` is called before the output becomes visible, so the caller can record
@@ -106,8 +108,12 @@ class LocalFolder(Sink):
             return f"output folder {self.folder} is not writable by the daemon"
         return None
 
-    def publish(self, staged: Path, name: str, before: Callable[[str], None]) -> str:
-        dst = move_noclobber(staged, self.folder, name, before=lambda dst: before(str(dst)), mode=self.mode)
+    def publish(
+        self, staged: Path, name: str, before: Callable[[str], None], alive: Callable[[], None] | None = None
+    ) -> str:
+        dst = move_noclobber(
+            staged, self.folder, name, before=lambda dst: before(str(dst)), mode=self.mode, alive=alive
+        )
         return str(dst)
 
     def attach(self, staged: Path, address: str, suffix: str) -> None:

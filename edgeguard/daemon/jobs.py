@@ -300,6 +300,7 @@ class Jobs:
                 self.folders.incoming,
                 job.name,
                 before=lambda dst: self.ledger.update(job.id, final_path=str(dst)),
+                alive=self._alive,
             )
         fsync_dir(self.folders.work)
         self.ledger.update(job.id, state=L.WITHDRAWN, reason=reason, attempts=job.attempts)
@@ -336,7 +337,7 @@ class Jobs:
             self._keep_audit(job_id, audit.at(record, where))
 
         try:
-            address = self.sink.publish(staged, output_name(name), before=before)
+            address = self.sink.publish(staged, output_name(name), before=before, alive=self._alive)
         except OSError as exc:
             # The sink's fault (read-only, full), not the file's: not an attempt that counts.
             staged.unlink(missing_ok=True)
@@ -401,6 +402,7 @@ class Jobs:
                     name,
                     before=lambda dst: self.ledger.update(job_id, final_path=str(dst)),
                     mode=self.cfg.paths.mode.files,
+                    alive=self._alive,
                 )
             else:  # moved before a crash
                 final = self._recorded_final(job_id)
@@ -498,6 +500,7 @@ class Jobs:
                 job.name,
                 before=lambda dst: self.ledger.update(job_id, final_path=str(dst)),
                 mode=self.cfg.paths.mode.files,
+                alive=self._alive,
             )
         else:  # moved before a crash, or lost
             final = self._recorded_final(job_id)

@@ -350,6 +350,21 @@ def test_move_across_filesystems_without_a_mode_copies_the_file_s_own(src: Path,
     assert mode_of(move_noclobber(src, other_fs, NAME)) == 0o644
 
 
+def test_a_large_move_across_filesystems_is_a_sign_of_life_as_it_copies(tmp_path: Path, other_fs: Path) -> None:
+    # A copy of gigabytes fsynced once at its end went seconds without one: the watchdog's limit.
+    big = tmp_path / "big.mp4"
+    with big.open("wb") as f:
+        f.truncate(200 << 20)  # sparse: quick to make, 200 MiB to copy
+    copied: list[int] = []
+
+    def alive() -> None:
+        copied.append(sum(p.stat().st_size for p in other_fs.iterdir()))
+
+    dst = move_noclobber(big, other_fs, NAME, alive=alive)
+    assert copied == [64 << 20, 128 << 20, 192 << 20], "one sign of life per 64 MiB copied, each once it was on disk"
+    assert dst.stat().st_size == 200 << 20 and not big.exists()
+
+
 def test_a_flushing_writer_puts_what_it_wrote_on_disk_as_it_goes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -364,7 +379,7 @@ def test_a_flushing_writer_puts_what_it_wrote_on_disk_as_it_goes(
         w = durable.FlushingWriter(f, every=256 << 10, alive=lambda: alive.append(path.stat().st_size))
         for _ in range(10):
             assert w.write(b"x" * (100 << 10)) == 100 << 10
-    # Past 256 KiB, 512 KiB and 768 KiB (300, 600 and 900 KiB written): flushed and synced there.
+    # Each time 256 KiB or more are unflushed (at 300, 600 and 900 KiB written): flushed and synced there.
     assert alive == [300 << 10, 600 << 10, 900 << 10]
     assert len(synced) == 3
     assert path.stat().st_size == 1000 << 10
