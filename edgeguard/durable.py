@@ -72,6 +72,18 @@ class FlushingWriter:
         self.file.flush()
 
 
+def short_of_space(folder: Path, need: int) -> str | None:
+    """Why `folder` cannot take `need` bytes now (the free space its filesystem gives the daemon), or None."""
+    try:
+        st = os.statvfs(folder)
+    except OSError as exc:  # removed, or a share gone: wait for it rather than fail what arrives
+        return f"cannot see the free space on {folder}: {exc.strerror or exc}"
+    free = st.f_bavail * st.f_frsize
+    if free < need:
+        return f"disk space low ({free >> 20} MiB free on {folder}, need {need >> 20} MiB)"
+    return None
+
+
 def write_file(path: Path, data: bytes, mode: int) -> None:
     """Make `path` hold `data` with `mode`, atomically (a hidden temporary, flushed, renamed over it)."""
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")

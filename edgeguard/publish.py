@@ -17,7 +17,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from pathlib import Path
 
-from edgeguard.durable import fsync_dir, move_noclobber, sweep_copies
+from edgeguard.durable import fsync_dir, move_noclobber, short_of_space, sweep_copies
 from edgeguard.media import media_kind
 
 log = logging.getLogger(__name__)
@@ -97,11 +97,9 @@ class LocalFolder(Sink):
         self.mode = mode
 
     def problem(self, size: int) -> str | None:
-        need = self.min_free + int(size * self.output_ratio)
-        st = os.statvfs(self.folder)
-        free = st.f_bavail * st.f_frsize
-        if free < need:
-            return f"disk space low ({free >> 20} MiB free on {self.folder}, need {need >> 20} MiB)"
+        short = short_of_space(self.folder, self.min_free + int(size * self.output_ratio))
+        if short:
+            return short
         # access(), not a probe file: a kill between creating and removing one would leave it
         # among the outputs. access() also reports a read-only mount.
         if not os.access(self.folder, os.W_OK | os.X_OK):

@@ -182,6 +182,12 @@ class Sink(Protocol):
     def flush(self) -> None: ...
 
 
+def sealed_size(size: int, recipients: int = 1) -> int:
+    """At most how many bytes sealing `size` bytes takes: age's 16-byte tag per 64 KiB chunk, and a
+    header of under 200 bytes per recipient (with room to spare; the record beside it adds a few KiB)."""
+    return size + 16 * (size // (64 << 10) + 1) + 256 * recipients + (8 << 10)
+
+
 def seal(
     src: BinaryIO,
     dst: Sink,

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
+from edgeguard import durable, seal
 from edgeguard.cluster import engine_for, reconfigured
 from edgeguard.config import Config, load_config
 from edgeguard.daemon import events as E
@@ -47,6 +48,17 @@ def sink_for(cfg: Config, folders: Folders) -> Sink:
     d = cfg.daemon
     mode = cfg.paths.mode.files
     return LocalFolder(folders.output, min_free=d.min_free_mb << 20, output_ratio=d.output_ratio, mode=mode)
+
+
+def room_for(setup: Setup, size: int) -> str | None:
+    """Why the next file (of `size` bytes) must wait before it is claimed: no room for its output,
+    or, where originals are sealed, for its sealed original (found now, not after the work)."""
+    problem = setup.sink.problem(size)
+    d = setup.cfg.daemon
+    if problem is None and d.originals == "seal":
+        need = (d.min_free_mb << 20) + seal.sealed_size(size, len(setup.cfg.seal.recipients))
+        problem = durable.short_of_space(setup.folders.sealed, need)
+    return problem
 
 
 @dataclass
@@ -242,7 +254,7 @@ class Service:
             except FileNotFoundError:
                 arrivals.forget(task)
                 return 0.0
-        problem = setup.sink.problem(size)
+        problem = room_for(setup, size)
         if problem:
             self.set_status(f"paused: {problem}")
             log.warning("paused: %s; retrying in %.0f s", problem, setup.cfg.daemon.pause_seconds)

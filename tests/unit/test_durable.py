@@ -383,3 +383,20 @@ def test_a_flushing_writer_puts_what_it_wrote_on_disk_as_it_goes(
     assert alive == [300 << 10, 600 << 10, 900 << 10]
     assert len(synced) == 3
     assert path.stat().st_size == 1000 << 10
+
+
+# short_of_space
+
+
+def test_short_of_space_compares_the_filesystem_s_free_space_with_the_need(tmp_path: Path) -> None:
+    st = os.statvfs(tmp_path)
+    free = st.f_bavail * st.f_frsize
+    assert durable.short_of_space(tmp_path, 0) is None
+    assert durable.short_of_space(tmp_path, free // 2) is None
+    short = durable.short_of_space(tmp_path, free + (1 << 40))
+    assert short == f"disk space low ({free >> 20} MiB free on {tmp_path}, need {(free + (1 << 40)) >> 20} MiB)"
+
+
+def test_short_of_space_names_a_folder_that_is_not_there(tmp_path: Path) -> None:
+    gone = tmp_path / "output"
+    assert durable.short_of_space(gone, 0) == f"cannot see the free space on {gone}: No such file or directory"

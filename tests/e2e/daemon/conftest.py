@@ -181,6 +181,22 @@ def clip10(clips: Clips) -> Path:
     return clips.clip(0, 10)
 
 
+@pytest.fixture
+def small_fs(tmp_path: Path) -> Iterator[Path]:
+    """A real 2 MiB tmpfs, so writes really fail with ENOSPC (needs root, as CI has)."""
+    mnt = tmp_path / "tmpfs"
+    mnt.mkdir()
+    res = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)], check=False, capture_output=True, text=True
+    )
+    if res.returncode:
+        pytest.skip(f"CANNOT MOUNT A TMPFS (needs root/CAP_SYS_ADMIN): {res.stderr.strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
 # ------------------------------------------------------------------ the daemon
 
 

@@ -368,3 +368,28 @@ def test_a_sealed_folder_that_refuses_keeps_the_original_in_work_until_a_retry_s
     assert age_decrypt(key, d.sealed / "refused.jpg.age") == photo.read_bytes()
     assert names(d.work) == []
     assert d.terminate(timeout=30) == 0
+
+
+def test_a_sealed_folder_without_room_pauses_claiming_until_there_is_room(
+    daemon: Daemon, key: Key, small_fs: Path, clip10: Path, tmp_path: Path
+) -> None:
+    # Found before the claim, not after the work: the upload stays in incoming, nothing is published.
+    d = daemon
+    d.configure(
+        paths={"sealed": str(small_fs / "sealed")},
+        daemon={"originals": "seal", "min_free_mb": 0, "pause_seconds": 1.0},
+        seal={"recipients": [key.recipient]},
+    )
+    big = with_free_box(clip10, tmp_path / "big.mp4", random.Random(SEED).randbytes(3 << 20))  # 2 MiB fit there
+    mark = d.start()
+    d.drop(big)
+    d.wait_field("STATUS", "paused: disk", mark)
+    wait_until(lambda: f"free on {small_fs / 'sealed'}" in d.log(), 10, "the pause in the log", 0.05, d.log_tail)
+    assert names(d.incoming) == ["big.mp4"], "claimed although its original cannot be sealed"
+    assert d.jobs() == [] and names(d.output) == []
+
+    subprocess.run(["mount", "-o", "remount,size=64m", str(small_fs)], check=True)
+    d.wait_states({"done": 1}, timeout=60)
+    assert age_decrypt(key, small_fs / "sealed" / "big.mp4.age") == big.read_bytes()
+    assert names(d.output) == ["big.mp4"] and names(d.work) == []
+    assert d.terminate(timeout=30) == 0
