@@ -27,7 +27,7 @@ FILE = "edgeguard.prom"
 MODE = 0o644
 WRITE_EVERY = 1.0  # seconds: the collector reads on each scrape; more often would only cost writes
 FINAL = ("done", "duplicate", "failed")  # outcomes a file ends in (the rest are setbacks; it comes back)
-PAUSES = ("output", "storage", "cluster")  # why new files may wait (see the service's main loop)
+PAUSES = ("output", "sealed", "storage", "cluster")  # why new files may wait (see the service's main loop)
 SECONDS_BUCKETS = (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800, 3600)
 SHARE_BUCKETS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0)
 
@@ -72,7 +72,8 @@ class Metrics:
         self.busy = Gauge("edgeguard_processing", "1 while a file is being processed", registry=r)
         self.paused = Gauge(
             "edgeguard_paused",
-            "1 while new files wait, by why: output (the output folder is short of space or not writable), "
+            "1 while new files wait, by why: output (the output folder is short of space, not writable or gone), "
+            "sealed (originals: seal, and the sealed folder is short of space), "
             "storage (a write failed mid-file: output, work folder or ledger; retrying), "
             "cluster (cluster.mode: only, and the cluster is unreachable)",
             ["reason"],

@@ -50,15 +50,20 @@ def sink_for(cfg: Config, folders: Folders) -> Sink:
     return LocalFolder(folders.output, min_free=d.min_free_mb << 20, output_ratio=d.output_ratio, mode=mode)
 
 
-def room_for(setup: Setup, size: int) -> str | None:
-    """Why the next file (of `size` bytes) must wait before it is claimed: no room for its output,
-    or, where originals are sealed, for its sealed original (found now, not after the work)."""
+def room_for(setup: Setup, size: int) -> tuple[str, str] | None:
+    """Why the next file (of `size` bytes) must wait before it is claimed, as (metrics' pause reason,
+    what to say): no room for its output, or, where originals are sealed, for its sealed original
+    (found now, not after the work)."""
     problem = setup.sink.problem(size)
+    if problem:
+        return "output", problem
     d = setup.cfg.daemon
-    if problem is None and d.originals == "seal":
+    if d.originals == "seal":
         need = (d.min_free_mb << 20) + seal.sealed_size(size, len(setup.cfg.seal.recipients))
         problem = durable.short_of_space(setup.folders.sealed, need)
-    return problem
+        if problem:
+            return "sealed", problem
+    return None
 
 
 @dataclass
@@ -101,6 +106,7 @@ class Service:
         self.exit_code = ExitCode.OK
         self.events: queue.SimpleQueue[E.Event] = queue.SimpleQueue()
         self.current = Current()
+        self.pause_reason = "output"  # why the last hand-over paused (the metrics' reason label)
         self.metrics = Metrics()
         # Every event goes to each handler in turn, on the main thread.
         self.handlers: list[E.Handler] = [self.current.on_event, self.metrics.on_event]
@@ -222,7 +228,7 @@ class Service:
                 paused_until = self._hand_over(setup, worker, arrivals, now)
             elif now < current.resume_at and current.waiting:
                 self.set_status(f"paused: {current.waiting}")
-            paused = "output" if now < paused_until else None
+            paused = self.pause_reason if now < paused_until else None
             if paused is None and now < current.resume_at:
                 paused = "cluster" if current.waiting else "storage"
             self.metrics.tick(now, queue=arrivals.pending() + current.queued, busy=current.busy, paused=paused)
@@ -254,8 +260,9 @@ class Service:
             except FileNotFoundError:
                 arrivals.forget(task)
                 return 0.0
-        problem = room_for(setup, size)
-        if problem:
+        short = room_for(setup, size)
+        if short:
+            self.pause_reason, problem = short
             self.set_status(f"paused: {problem}")
             log.warning("paused: %s; retrying in %.0f s", problem, setup.cfg.daemon.pause_seconds)
             return now + setup.cfg.daemon.pause_seconds

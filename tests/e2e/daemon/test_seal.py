@@ -375,16 +375,28 @@ def test_a_sealed_folder_without_room_pauses_claiming_until_there_is_room(
 ) -> None:
     # Found before the claim, not after the work: the upload stays in incoming, nothing is published.
     d = daemon
+    metrics = tmp_path / "metrics"
+    metrics.mkdir()
     d.configure(
         paths={"sealed": str(small_fs / "sealed")},
         daemon={"originals": "seal", "min_free_mb": 0, "pause_seconds": 1.0},
         seal={"recipients": [key.recipient]},
+        metrics={"folder": str(metrics)},
     )
     big = with_free_box(clip10, tmp_path / "big.mp4", random.Random(SEED).randbytes(3 << 20))  # 2 MiB fit there
     mark = d.start()
     d.drop(big)
     d.wait_field("STATUS", "paused: disk", mark)
     wait_until(lambda: f"free on {small_fs / 'sealed'}" in d.log(), 10, "the pause in the log", 0.05, d.log_tail)
+    prom = metrics / "edgeguard.prom"
+    wait_until(
+        lambda: prom.exists() and 'edgeguard_paused{reason="sealed"} 1.0' in prom.read_text(),
+        10,
+        "the pause in the metrics, as sealed",
+        0.1,
+        d.log_tail,
+    )
+    assert 'edgeguard_paused{reason="output"} 0.0' in prom.read_text()
     assert names(d.incoming) == ["big.mp4"], "claimed although its original cannot be sealed"
     assert d.jobs() == [] and names(d.output) == []
 
