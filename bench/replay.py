@@ -28,14 +28,14 @@ import numpy as np
 from bench.paths import CLIPS
 from bench.privacy import Bits, BoolMask, unpack
 from bench.run import decode, prepare
-from edgeguard.carry import Interval, Margins, Placement, placed_detections
+from edgeguard.carry import Interval, Margins, Placement
 from edgeguard.config import Config, load_config
 from edgeguard.detections import Detections
 from edgeguard.detectors.factory import create_detector
 from edgeguard.engine import keyframe_looker
 from edgeguard.frames import Mask
 from edgeguard.masks import Pads, rasterize
-from edgeguard.temporal import Planner
+from edgeguard.temporal import Planner, Rasterize, placed_mask
 
 AIMS = (1.5, 0.98)  # issue 8: overreach at most, worst-covered frame at least
 
@@ -48,15 +48,21 @@ class Recorded:
     carried: dict[int, list[Placement]]  # each carried frame's placed instances
 
 
-def record(cfg: Config, clip: Path) -> Recorded:
-    detector = create_detector(cfg)
+def hider(cfg: Config) -> Rasterize:
+    """How the bench's profiles hide what they found: boxes, as protect.* grows them."""
     c = cfg.protect
-    frames = decode(clip)
-    h, w = frames[0].shape[:2]
 
     def hide(det: Detections, width: int, height: int, pad: Pads | None) -> Mask:
         return rasterize(det, width, height, shape="box", dilate=c.dilate, pad=pad, head=c.head_margin)
 
+    return hide
+
+
+def record(cfg: Config, clip: Path) -> Recorded:
+    detector = create_detector(cfg)
+    frames = decode(clip)
+    h, w = frames[0].shape[:2]
+    hide = hider(cfg)
     refs = [np.packbits(hide(detector.detect(f), w, h, None) > 0) for f in frames]
     carried: dict[int, list[Placement]] = {}
 
@@ -75,11 +81,7 @@ def hidden_at(rec: Recorded, i: int, margins: Margins, cfg: Config) -> BoolMask:
     h, w = rec.shape
     if i in rec.keyframes:
         return unpack(rec.keyframes[i], (h, w))
-    placed = rec.carried.get(i, [])
-    pad = np.ceil([margins(p) for p in placed]).astype(np.int32).reshape(-1, 2)
-    det, pad = placed_detections(placed, pad, w, h)
-    c = cfg.protect
-    return np.asarray(rasterize(det, w, h, shape="box", dilate=c.dilate, pad=pad, head=c.head_margin) > 0)
+    return np.asarray(placed_mask(rec.carried.get(i, []), margins, hider(cfg), w, h) > 0)
 
 
 def score(rec: Recorded, margins: Margins, cfg: Config) -> tuple[float, float]:

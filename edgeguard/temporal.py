@@ -293,6 +293,13 @@ class Planner(Generic[T]):
         held.clear()
 
     def _placed_mask(self, placed: list[Placement], w: int, h: int) -> Mask:
-        pad = np.ceil([self.margins(p) for p in placed]).astype(np.int32)
-        det, pad = placed_detections(placed, pad, w, h)
-        return self.rasterize(det, w, h, pad)
+        return placed_mask(placed, self.margins, self.rasterize, w, h)
+
+
+def placed_mask(
+    placed: list[Placement], margins: Callable[[Placement], tuple[float, float]], rasterize: Rasterize, w: int, h: int
+) -> Mask:
+    """What hides the instances `placed` on a frame: each grown by its margin, in whole pixels."""
+    pad = np.ceil([margins(p) for p in placed]).astype(np.int32)
+    det, pad = placed_detections(placed, pad, w, h)
+    return rasterize(det, w, h, pad)
