@@ -381,6 +381,10 @@ class ClusterConfig(Section):
     # half second while it and the actors work), or for a new actor to load the model.
     connect_timeout: Annotated[float, Field(gt=0, le=600)] = 10.0
     silence_timeout: Annotated[float, Field(gt=0, le=3600)] = 120.0
+    # Seconds an actor may work on a piece without handing on a frame before it is taken for hung
+    # (a stuck decoder, a stopped process): it is killed and the piece sent to another (counted as a
+    # failure of the piece). 0 = never; the daemon's file_timeout still ends the file.
+    stall_timeout: Annotated[float, Field(ge=0, le=86400)] = 300.0
     # After the cluster was unreachable (mode prefer), protect here this long before trying it again;
     # a node whose actors could not start (or whose disk was full) is left alone as long.
     retry_seconds: Annotated[float, Field(ge=0, le=86400)] = 30.0

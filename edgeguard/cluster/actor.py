@@ -176,6 +176,7 @@ class Protector:
         self.cfg = settings(sections, parcel, placed, self._folder)
         self.engine = Engine(self.cfg)
         self.node = ray.get_runtime_context().get_node_id()
+        self._steps = 0  # frames handed on, over every call (see `pulse`)
 
     def about(self) -> dict[str, Any]:
         """Who this actor is, for the pool and `edgeguard doctor`."""
@@ -191,6 +192,14 @@ class Protector:
             "pid": os.getpid(),
         }
 
+    def pulse(self) -> int:
+        """Frames this actor has handed on so far. It runs beside `protect` (the actor has a second
+        thread for it): a count that stands still means a hung piece, and a stopped actor never answers."""
+        return self._steps
+
+    def _stepped(self, done: int, total: int | None) -> None:
+        self._steps += 1  # only `protect`'s thread writes it
+
     def protect(self, data: bytes, suffix: str, out_suffix: str) -> tuple[bytes | None, dict[str, Any]]:
         """The protected bytes and the engine's result; (None, why not) when they cannot be had:
         the input's fault (`input`), or this node's (`transient`: its disk is full, say)."""
@@ -199,7 +208,7 @@ class Protector:
             out = Path(tmp) / f"out{out_suffix}"
             try:
                 src.write_bytes(data)
-                result = self.engine.protect_file(src, out)
+                result = self.engine.protect_file(src, out, progress=self._stepped)
                 protected = out.read_bytes()
             except OSError as exc:  # its own folder (full, gone): the node's fault, never the file's
                 reason = f"the node cannot work on it: {exc.strerror or exc}"

@@ -13,8 +13,8 @@ sent to another; the protected segments are joined here (`segments.join`).
 Messages out, each a line: {"progress": f} whenever there is news and at least every WAIT while
 it works (so the daemon's silence timeout means a hung bridge); {"ready": {...}} once connected
 (and the actors hold the model); then per request {"done": result} | {"failed": error} |
-{"unavailable": reason}, or for {"op": "nodes"} (doctor) {"nodes": [...]}. A hung actor is not
-seen here: the daemon's file_timeout ends such a file, as it ends one hung on this machine.
+{"unavailable": reason}, or for {"op": "nodes"} (doctor) {"nodes": [...]}. An actor that hands on
+no frame for cluster.stall_timeout is taken for hung: killed, and its piece sent to another.
 """
 
 from __future__ import annotations
@@ -263,6 +263,40 @@ class Bridge:
             for _, _, _, member in running.values():
                 member.busy = False
 
+    @staticmethod
+    def _again(k: int, obj: Any, tries: int, problem: str, total: int) -> tuple[int, Any, int]:
+        """A piece whose actor failed it, to be sent elsewhere; refused after PIECE_TRIES counted failures."""
+        if tries >= PIECE_TRIES:
+            reason = f"{PIECE_TRIES} cluster actors failed on it: {problem}"
+            error = {"reason": reason, "stage": "remote", "input": False, "incomplete": False, "transient": False}
+            raise (PieceRefused if total > 1 else Refused)(error)
+        log.warning("sending piece %d elsewhere", k)
+        return k, obj, tries
+
+    def _stalled(self, running: dict[Any, tuple[int, Any, int, Member]], done: list[Any]) -> list[Any]:
+        """The running pieces whose actor handed on no frame for stall_timeout: each actor's `pulse`
+        is asked once at a time, without waiting; one that does not answer has not moved."""
+        limit = self.request["cluster"]["stall_timeout"]
+        if not limit:
+            return []
+        ray = self.pool.ray
+        now = time.monotonic()
+        stalled = []
+        for ref, (_, _, _, member) in running.items():
+            if ref in done:
+                continue
+            if member.asking is not None and ray.wait([member.asking], timeout=0)[0]:
+                with contextlib.suppress(ray.exceptions.RayError):  # a dead actor: its piece fails on its own
+                    steps = ray.get(member.asking)
+                    if steps != member.steps:
+                        member.steps, member.moved = steps, now
+                member.asking = None
+            if member.asking is None:
+                member.asking = member.handle.pulse.remote()
+            if now - member.moved > limit:
+                stalled.append(ref)
+        return stalled
+
     def _schedule(
         self,
         source: Iterator[tuple[int, bytes]],
@@ -286,7 +320,7 @@ class Bridge:
                         exhausted = True
                         break
                     k, obj, tries = nxt[0], ray.put(nxt[1]), 0
-                member.busy = True
+                member.start()
                 running[member.handle.protect.remote(obj, suffix, out_suffix)] = (k, obj, tries, member)
             if not running:
                 if exhausted and not retry:
@@ -298,6 +332,14 @@ class Bridge:
             done, _ = ray.wait(list(running), num_returns=1, timeout=WAIT)
             self.fraction = len(results) / total
             self.send({"progress": self.fraction})
+            for ref in self._stalled(running, done):
+                k, obj, tries, member = running.pop(ref)
+                member.busy = False
+                self.pool.drop(member)  # killed: a stopped process dies too, and its CPU is free again
+                limit = self.request["cluster"]["stall_timeout"]
+                problem = f"handed on no frame for {limit:g} s"
+                log.warning("an actor on node %s %s during piece %d; killed it", member.node[:12], problem, k)
+                retry.append(self._again(k, obj, tries + 1, problem, total))
             for ref in done:
                 k, obj, tries, member = running.pop(ref)
                 member.busy = False
@@ -311,13 +353,7 @@ class Bridge:
                     log.warning(
                         "an actor on node %s %s during piece %d (%s)", member.node[:12], what, k, last_line(exc)
                     )
-                    tries += 0 if lost else 1
-                    if tries >= PIECE_TRIES:
-                        reason = f"{PIECE_TRIES} cluster actors failed on it: {last_line(exc)}"
-                        error = {"reason": reason, "stage": "remote", "input": False, "incomplete": False}
-                        raise (PieceRefused if total > 1 else Refused)({**error, "transient": False}) from exc
-                    log.warning("sending piece %d elsewhere", k)
-                    retry.append((k, obj, tries))
+                    retry.append(self._again(k, obj, tries + (0 if lost else 1), last_line(exc), total))
                     continue
                 if data is None and result.get("transient"):
                     # That node's disk, not the file: rest the node, try the piece elsewhere.

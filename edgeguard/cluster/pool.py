@@ -28,6 +28,13 @@ class Member:
     node: str
     about: dict[str, Any]
     busy: bool = field(default=False)
+    # While busy: its last `pulse`, when that last moved, and a pulse asked and not yet answered.
+    steps: int = -1
+    moved: float = 0.0
+    asking: Any = None
+
+    def start(self) -> None:
+        self.busy, self.steps, self.moved, self.asking = True, -1, time.monotonic(), None
 
 
 def last_line(exc: BaseException) -> str:
@@ -54,7 +61,8 @@ class Pool:
         # Put once: Ray sends each object to a node at most once, and only to a node that asks.
         self.parcel = Parcel(model["name"], model["manifest"], tuple(files))
         self.cpus: float = self.cluster["actor_cpus"]
-        self.actor = ray.remote(num_cpus=self.cpus, max_restarts=0, max_task_retries=0)(Protector)
+        # Two threads: `pulse` answers while `protect` works (the pool gives an actor one piece at a time).
+        self.actor = ray.remote(num_cpus=self.cpus, max_restarts=0, max_task_retries=0, max_concurrency=2)(Protector)
 
     def nodes(self) -> list[dict[str, Any]]:
         return [n for n in self.ray.nodes() if n.get("Alive")]

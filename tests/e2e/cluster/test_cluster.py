@@ -6,9 +6,11 @@ a child of it); the outputs are checked as a camera's users would see them.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
+import signal
 import subprocess
 import sys
 import time
@@ -124,6 +126,45 @@ def test_a_worker_node_killed_mid_file_loses_nothing_and_doubles_nothing(
     d.wait_idle(timeout=CLUSTER_TIMEOUT)
     assert "(20 segments on 1 node)" in _targets(d)["again.mp4"]
     assert d.terminate(timeout=30) == 0
+
+
+def _actors() -> list[int]:
+    """PIDs of the cluster's actors (Ray names their processes after the class)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if entry.name.isdigit() and cmdline.startswith(b"ray::Protector"):
+            found.append(int(entry.name))
+    return found
+
+
+def test_an_actor_that_stops_mid_piece_is_killed_and_its_piece_done_elsewhere(
+    cluster_daemon: Daemon, ray_cluster: RayCluster, long_video: Path
+) -> None:
+    # It used to hold the file until the daemon's file_timeout: the bridge kept reporting progress.
+    ray_cluster.start()
+    d = cluster_daemon
+    d.configure(cluster={"stall_timeout": 8.0})
+    d.start()
+    d.drop(long_video, "long.mp4")
+    _mid_file(d)
+    actors = _actors()
+    assert len(actors) == 2, actors
+    os.kill(actors[0], signal.SIGSTOP)  # hung as a stuck native call would be: no answer, no exit
+    try:
+        d.wait_idle(timeout=CLUSTER_TIMEOUT)
+        _done_once(d, "long.mp4", long_video)
+        assert "handed on no frame for 8 s during piece" in d.log() and "sending piece" in d.log()
+        wait_until(lambda: actors[0] not in _actors(), 30, "the stopped actor to be killed", 0.2, d.log_tail)
+        assert_clean(d)
+        d.assert_alive()
+        assert d.terminate(timeout=30) == 0
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(actors[0], signal.SIGCONT)
 
 
 def _bridges() -> list[int]:
