@@ -97,7 +97,10 @@ def measure(clip: Path, sets: list[str]) -> np.ndarray:
         boxes, mirrored, shifted = again[near]
         if len(boxes) == 0:
             return 1.0, 1.0
-        j = int(iou(p.box[None], boxes)[0].argmax())
+        o = iou(p.box[None], boxes)[0]
+        if o.max() < 0.3:  # the keyframe's look at it is not among these
+            return 1.0, 1.0
+        j = int(o.argmax())
         return float(mirrored[j]), float(shifted[j])
 
     def on_interval(interval: Interval, items: list[int]) -> None:

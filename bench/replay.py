@@ -152,6 +152,7 @@ def summarize(scored: dict[str, list[tuple[float, float]]], clips: list[str]) ->
     held = [i for i, (o, _) in enumerate(scored["default"]) if round(o, 2) <= most]
     if not held:
         print(f"the default's overreach is over {most} on every clip given: nothing to hold")
+        per_clip(scored, clips)
         return
 
     def top_overreach(name: str) -> float:

@@ -84,6 +84,13 @@ def short_of_space(folder: Path, need: int) -> str | None:
     return None
 
 
+def same_filesystem(a: Path, b: Path) -> bool:
+    try:
+        return a.stat().st_dev == b.stat().st_dev
+    except OSError:
+        return False
+
+
 def write_file(path: Path, data: bytes, mode: int) -> None:
     """Make `path` hold `data` with `mode`, atomically (a hidden temporary, flushed, renamed over it)."""
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")

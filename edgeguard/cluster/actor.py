@@ -193,8 +193,9 @@ class Protector:
         }
 
     def pulse(self) -> int:
-        """Frames this actor has handed on so far. It runs beside `protect` (the actor has a second
-        thread for it): a count that stands still means a hung piece, and a stopped actor never answers."""
+        """Frames this actor has handed on so far. Called in its own concurrency group (`pool.PULSE`),
+        it answers while `protect` works: a count that stands still means a hung piece, and a stopped
+        actor never answers."""
         return self._steps
 
     def _stepped(self, done: int, total: int | None) -> None:

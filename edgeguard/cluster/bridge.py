@@ -36,7 +36,7 @@ from typing import IO, Any, TypeVar
 
 from edgeguard.cluster import Unavailable, segments
 from edgeguard.cluster.actor import check_node
-from edgeguard.cluster.pool import Member, Pool, last_line
+from edgeguard.cluster.pool import PULSE, Member, Pool, last_line
 from edgeguard.durable import fsync_file
 from edgeguard.media import media_kind
 
@@ -286,14 +286,19 @@ class Bridge:
             if ref in done:
                 continue
             if member.asking is not None and ray.wait([member.asking], timeout=0)[0]:
-                with contextlib.suppress(ray.exceptions.RayError):  # a dead actor: its piece fails on its own
+                try:
                     steps = ray.get(member.asking)
-                    if steps != member.steps:
-                        member.steps, member.moved = steps, now
+                except ray.exceptions.RayError as exc:
+                    # Dead (its piece fails on its own), or a node without `pulse`: never judged hung.
+                    log.debug("node %s: no pulse (%s)", member.node[:12], last_line(exc))
+                    steps = None
+                if steps is None or steps != member.steps:
+                    member.steps, member.moved = -1 if steps is None else steps, now
                 member.asking = None
             if member.asking is None:
-                member.asking = member.handle.pulse.remote()
-            if now - member.moved > limit:
+                member.asking = member.handle.pulse.options(concurrency_group=PULSE).remote()
+            # A piece done since the wait above is not hung: its last frame was simply its last.
+            if now - member.moved > limit and not ray.wait([ref], timeout=0)[0]:
                 stalled.append(ref)
         return stalled
 

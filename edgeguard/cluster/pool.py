@@ -20,6 +20,7 @@ from edgeguard.cluster.actor import ModelFile, Parcel, Protector
 log = logging.getLogger(__name__)
 
 WAIT = 0.5  # seconds between progress messages while actors start
+PULSE = "pulse"  # the actors' concurrency group for `Protector.pulse`
 
 
 @dataclass(eq=False)
@@ -61,8 +62,11 @@ class Pool:
         # Put once: Ray sends each object to a node at most once, and only to a node that asks.
         self.parcel = Parcel(model["name"], model["manifest"], tuple(files))
         self.cpus: float = self.cluster["actor_cpus"]
-        # Two threads: `pulse` answers while `protect` works (the pool gives an actor one piece at a time).
-        self.actor = ray.remote(num_cpus=self.cpus, max_restarts=0, max_task_retries=0, max_concurrency=2)(Protector)
+        # `pulse` has a thread of its own, so it answers while `protect` works; every other call,
+        # `protect` among them, still runs one at a time (two on one engine would share its net).
+        self.actor = ray.remote(num_cpus=self.cpus, max_restarts=0, max_task_retries=0, concurrency_groups={PULSE: 1})(
+            Protector
+        )
 
     def nodes(self) -> list[dict[str, Any]]:
         return [n for n in self.ray.nodes() if n.get("Alive")]

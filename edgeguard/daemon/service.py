@@ -60,6 +60,8 @@ def room_for(setup: Setup, size: int) -> tuple[str, str] | None:
     d = setup.cfg.daemon
     if d.originals == "seal":
         need = (d.min_free_mb << 20) + seal.sealed_size(size, len(setup.cfg.seal.recipients))
+        if durable.same_filesystem(setup.folders.sealed, setup.folders.output):
+            need += int(size * d.output_ratio)  # the output takes its room there first
         problem = durable.short_of_space(setup.folders.sealed, need)
         if problem:
             return "sealed", problem

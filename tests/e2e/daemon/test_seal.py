@@ -405,3 +405,29 @@ def test_a_sealed_folder_without_room_pauses_claiming_until_there_is_room(
     assert age_decrypt(key, small_fs / "sealed" / "big.mp4.age") == big.read_bytes()
     assert names(d.output) == ["big.mp4"] and names(d.work) == []
     assert d.terminate(timeout=30) == 0
+
+
+def test_sealed_and_output_on_one_filesystem_need_room_for_both(
+    key: Key, small_fs: Path, clip10: Path, models_dir: Path, tmp_path: Path
+) -> None:
+    # Each alone fits; both do not: the output would be published, then the sealing fail.
+    subprocess.run(["mount", "-o", "remount,size=8m", str(small_fs)], check=True)
+    d = Daemon(small_fs / "eg", models_dir)
+    try:
+        d.state = tmp_path / "state"  # the ledger elsewhere
+        d.configure(
+            paths={"state": str(d.state)},
+            daemon={"originals": "seal", "min_free_mb": 0, "output_ratio": 1.0, "pause_seconds": 1.0},
+            seal={"recipients": [key.recipient]},
+        )
+        big = with_free_box(clip10, tmp_path / "big.mp4", random.Random(SEED).randbytes(3 << 20))
+        mark = d.start()
+        d.drop(big)  # about 5 MiB left: room for the output (3 MiB) or the sealed original, not both
+        d.wait_field("STATUS", "paused: disk", mark)
+        assert names(d.incoming) == ["big.mp4"] and d.jobs() == []
+        subprocess.run(["mount", "-o", "remount,size=64m", str(small_fs)], check=True)
+        d.wait_states({"done": 1}, timeout=60)
+        assert age_decrypt(key, d.sealed / "big.mp4.age") == big.read_bytes()
+        assert d.terminate(timeout=30) == 0
+    finally:
+        d.close()
