@@ -175,11 +175,6 @@ def _octal(value: object) -> object:
     """A mode as YAML gives it: 0640 (YAML's octal, an int) or a string "0640" / "0o640"."""
     if isinstance(value, bool):
         raise ValueError(f"{value} is not an octal mode such as 0640")
-    if isinstance(value, yamlfile.DecimalInt) and value:
-        # 440 without its leading 0 is YAML's decimal 440 (0o670): a slip, whether or not it fits.
-        raise ValueError(
-            _DECIMAL.format(value=value, example=f"0{value}" if set(str(value)) <= set("01234567") else "0640")
-        )
     if isinstance(value, str):
         try:
             return int(value.strip().lower().removeprefix("0o"), 8)
@@ -188,13 +183,11 @@ def _octal(value: object) -> object:
     return value
 
 
-_DECIMAL = "{value} is not a permission mode: write it in octal with a leading 0, e.g. {example}"
-
-
 def _permission(kind: str, owner: int) -> Callable[[int], int]:
     def check(value: int) -> int:
         if not 0 <= value <= 0o777:
-            raise ValueError(_DECIMAL.format(value=value, example="0640"))
+            # 640 without its leading 0 is YAML's decimal 640 (0o1200): almost surely a slip.
+            raise ValueError(f"{value} is not a permission mode: write it in octal with a leading 0, e.g. 0640")
         if value & owner != owner:
             raise ValueError(f"{value:04o} must give the daemon's own user {owner:04o} on its {kind}")
         if value & 0o002:
@@ -474,7 +467,7 @@ def parse_set(items: Sequence[str]) -> list[tuple[str, Any]]:
         if not sep or not key.strip() or any(not p for p in key.strip().split(".")):
             raise ConfigError([f"--set {item}: expected KEY=VALUE with a dotted key"])
         try:
-            value = yamlfile.load(raw) if raw.strip() else ""
+            value = yaml.safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError as exc:
             raise ConfigError([f"--set {key}: value is not valid YAML: {' '.join(str(exc).split())}"]) from exc
         out.append((key.strip(), value))
