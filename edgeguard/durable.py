@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 COPYING_MARK = ".copying"  # a copy on its way into another filesystem's folder
+WRITING_MARK = ".writing"  # a file `write_file` has not yet given its name
 
 
 def fsync_file(path: Path) -> None:
@@ -93,7 +94,7 @@ def same_filesystem(a: Path, b: Path) -> bool:
 
 def write_file(path: Path, data: bytes, mode: int) -> None:
     """Make `path` hold `data` with `mode`, atomically (a hidden temporary, flushed, renamed over it)."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}{WRITING_MARK}")
     try:
         with create_new(tmp, mode) as stream:
             stream.write(data)
@@ -128,13 +129,15 @@ def set_mode(path: Path, mode: int) -> None:
         path.chmod(mode)
 
 
-def sweep_copies(folder: Path) -> list[str]:
-    """Remove the hidden copies a crash cut short in `folder` (see `_copy_in`); return their names.
+def sweep_temporaries(folder: Path) -> list[str]:
+    """Remove the hidden temporaries a crash cut short in `folder` (`_copy_in`'s copies and
+    `write_file`'s files); return their names.
 
-    Only ever temporaries: the source stays where it was until its copy is linked under its name."""
+    Only ever temporaries: a copy's source stays where it was until the copy is linked under its
+    name, and a written file has its name only once it is whole."""
     removed = []
     for entry in os.scandir(folder):
-        if entry.name.startswith(".") and entry.name.endswith(COPYING_MARK):
+        if entry.name.startswith(".") and entry.name.endswith((COPYING_MARK, WRITING_MARK)):
             Path(entry.path).unlink(missing_ok=True)
             removed.append(entry.name)
     return removed

@@ -17,7 +17,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from pathlib import Path
 
-from edgeguard.durable import fsync_dir, move_noclobber, short_of_space, sweep_copies
+from edgeguard.durable import fsync_dir, move_noclobber, short_of_space, sweep_temporaries
 from edgeguard.media import media_kind
 
 log = logging.getLogger(__name__)
@@ -133,5 +133,5 @@ class LocalFolder(Sink):
     def recover(self) -> None:
         # A crash during a cross-filesystem publish can leave the hidden copy (perhaps also
         # linked as the output it became); it is only ever a temporary.
-        for name in sweep_copies(self.folder):
+        for name in sweep_temporaries(self.folder):
             log.info("removed %s, a copy a crash interrupted", name)

@@ -38,7 +38,7 @@ from edgeguard.daemon.claim import (
 from edgeguard.daemon.events import FileReport
 from edgeguard.daemon.folders import Folders
 from edgeguard.daemon.watcher import Seen
-from edgeguard.durable import fsync_dir, move_noclobber, sweep_copies, write_file
+from edgeguard.durable import fsync_dir, move_noclobber, sweep_temporaries, write_file
 from edgeguard.engine import EngineLike, Result
 from edgeguard.errors import Cancelled, EdgeguardError, FileError, InputError, SetupError
 from edgeguard.media import image as image_io
@@ -534,9 +534,10 @@ class Jobs:
             # Also with sealing now off: it may have been on before a crash.
             vault.sweep(folder, self.ledger.id, self._sealing_abandoned)
         for folder in (self.folders.failed, self.folders.quarantine, self.folders.processed):
-            # An original copied across filesystems: a partial plaintext copy must not stay behind.
-            for name in sweep_copies(folder):
-                log.info("removed %s in %s, a copy of an original a crash interrupted", name, folder)
+            # An original copied across filesystems (a partial plaintext copy must not stay behind),
+            # or an error record half written.
+            for name in sweep_temporaries(folder):
+                log.info("removed %s in %s, a temporary a crash left unfinished", name, folder)
         for job in self.ledger.in_states(*L.ACTIVE):
             work = Path(job.work_path)
             if job.state == L.CLAIMING and work.parent != self.folders.work:
