@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import av
@@ -128,17 +129,22 @@ def test_a_worker_node_killed_mid_file_loses_nothing_and_doubles_nothing(
     assert d.terminate(timeout=30) == 0
 
 
-def _actors() -> list[int]:
-    """PIDs of the cluster's actors (Ray names their processes after the class)."""
+def _pids(matches: Callable[[bytes], bool]) -> list[int]:
+    """PIDs of every process on this machine whose command line `matches`."""
     found = []
     for entry in Path("/proc").iterdir():
         try:
             cmdline = (entry / "cmdline").read_bytes()
         except OSError:
             continue
-        if entry.name.isdigit() and cmdline.startswith(b"ray::Protector"):
+        if entry.name.isdigit() and matches(cmdline):
             found.append(int(entry.name))
     return found
+
+
+def _actors() -> list[int]:
+    """PIDs of the cluster's actors (Ray names their processes after the class)."""
+    return _pids(lambda cmdline: cmdline.startswith(b"ray::Protector"))
 
 
 def test_an_actor_that_stops_mid_piece_is_killed_and_its_piece_done_elsewhere(
@@ -171,15 +177,7 @@ def test_an_actor_that_stops_mid_piece_is_killed_and_its_piece_done_elsewhere(
 
 def _bridges() -> list[int]:
     """PIDs of every cluster bridge (the daemons' Ray drivers) running on this machine."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        try:
-            cmdline = (entry / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if entry.name.isdigit() and b"edgeguard.cluster.bridge" in cmdline:
-            found.append(int(entry.name))
-    return found
+    return _pids(lambda cmdline: b"edgeguard.cluster.bridge" in cmdline)
 
 
 def test_the_daemon_killed_mid_file_leaves_no_driver_and_the_file_ends_once(
